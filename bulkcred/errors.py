@@ -12,7 +12,8 @@
     ├── SecretSinkError            the secrets file cannot be written or is unsafe
     ├── Interrupted                SIGINT/SIGTERM: the journal is flushed (exit 130)
     └── ZPAError                   anything that went wrong talking to the tenant
-        ├── TransportError         connection refused/reset, DNS, TLS, timeout (exit 3)
+        ├── TransportError         no answer (reset, timeout); it may have arrived (exit 3)
+        │   ├── ConnectError       refused, DNS, TLS, connect timeout: nothing was sent
         │   └── OutcomeUnknown     a non-idempotent request was sent but its answer was lost
         ├── WaitTooLong            the server asked for a pause longer than --max-wait (exit 3)
         └── APIError               the server answered with an error status
@@ -31,12 +32,17 @@ query secret; ZPA puts none there), the HTTP status and the server's error ``id`
 
 from __future__ import annotations
 
+from typing import Any, Iterable
+
+import orjson
+
 __all__ = [
     "APIError",
     "AuthError",
     "BadRequest",
     "BulkcredError",
     "Conflict",
+    "ConnectError",
     "InputError",
     "Interrupted",
     "JournalCorrupt",
@@ -54,6 +60,7 @@ __all__ = [
     "WaitTooLong",
     "ZPAError",
     "api_error_for",
+    "parse_error_body",
 ]
 
 
@@ -152,6 +159,15 @@ class ZPAError(BulkcredError):
 class TransportError(ZPAError):
     """The request did not get an HTTP answer (connection, TLS, DNS, timeout)."""
 
+    #: whether the server may have received (and applied) the request
+    maybe_sent: bool = True
+
+
+class ConnectError(TransportError):
+    """No connection could be made: not a byte of the request reached the server."""
+
+    maybe_sent = False
+
 
 class OutcomeUnknown(TransportError):
     """A non-idempotent request may or may not have been applied by the server."""
@@ -217,3 +233,46 @@ def api_error_for(
     if status >= 500:
         return ServerError
     return APIError
+
+
+def _first_text(d: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+    for key in keys:
+        v = d.get(key)
+        if isinstance(v, (str, int)) and not isinstance(v, bool) and str(v).strip():
+            return str(v).strip()
+    return None
+
+
+def parse_error_body(
+    body: bytes, *, redact: Iterable[str] = ()
+) -> tuple[str | None, str | None, list[object]]:
+    """``(error_id, reason, params)`` from an error body, whatever its shape.
+
+    ZPA sends ``{id, reason, params}``, the OneAPI gateway ``{title, detail}``, OAuth
+    ``{error, error_description}``; a body that is not JSON becomes the reason (cut
+    short). Every string in ``redact`` is masked, in case a server echoes a secret.
+    """
+    secrets = [s for s in redact if s]
+
+    def clean(text: str) -> str:
+        for s in secrets:
+            text = text.replace(s, "********")
+        return text
+
+    try:
+        data = orjson.loads(body) if body.strip() else None
+    except orjson.JSONDecodeError:
+        text = body.decode("utf-8", "replace").strip()
+        return None, (clean(text[:300]) or None), []
+    if not isinstance(data, dict):
+        return None, None, []
+    error_id = _first_text(data, ("id", "code", "error", "title"))
+    reason = _first_text(data, ("reason", "message", "error_description", "detail"))
+    raw = data.get("params")
+    params: list[object] = list(raw) if isinstance(raw, list) else []
+    params = [clean(p) if isinstance(p, str) else p for p in params]
+    return (
+        clean(error_id) if error_id else None,
+        clean(reason) if reason else None,
+        params,
+    )
