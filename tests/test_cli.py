@@ -1,0 +1,146 @@
+"""The command line as users and schedulers call it: real processes, real loopback HTTP."""
+
+from __future__ import annotations
+
+import re
+import stat
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from bulkcred.cli import cli
+from bulkcred.journal import replay
+from bulkcred.secrets import read_sink
+
+from .conftest import cli_env, run_cli
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_every_command_has_help_and_a_readme_line() -> None:
+    runner = CliRunner()
+    readme = README.read_text()
+    for name, cmd in cli.commands.items():
+        assert cmd.help and len(cmd.help.strip()) > 20, name
+        result = runner.invoke(cli, [name, "--help"])
+        assert result.exit_code == 0, (name, result.output)
+        assert f"bulkcred {name}" in readme, f"README has no section for {name}"
+        for param in cmd.params:
+            if param.name not in ("help",) and getattr(param, "help", None) is None \
+                    and param.param_type_name == "option":
+                pytest.fail(f"{name} --{param.name} has no help text")
+
+
+def _rotate(work: Path, *extra: str) -> list[str]:
+    return ["rotate", "--journal", str(work / "j.journal"),
+            "--secrets-out", str(work / "secrets.jsonl"), *extra]
+
+
+def test_rotate_end_to_end_and_no_secret_anywhere(sim_thread, tmp_path: Path) -> None:
+    s = sim_thread(credentials=20, microtenants=2, seed=6)
+    env = cli_env(s.url)
+    proc = run_cli(_rotate(tmp_path, "--yes", "--log-format", "json", "-vv"), env)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"rotated 30 of 30 credentials", proc.stdout)
+    sink = tmp_path / "secrets.jsonl"
+    assert stat.S_IMODE(sink.stat().st_mode) == 0o600
+    secrets = [v for s_ in read_sink(sink).values()
+               for v in (x.reveal() for x in (s_.password, s_.private_key, s_.passphrase) if x)]
+    assert len(secrets) == 30
+    secrets.append("sim-secret")  # the API key's secret is a secret too
+    status = run_cli(["status", str(tmp_path / "j.journal")], env)
+    report_json = run_cli(["report", str(tmp_path / "j.journal"), "--format", "json"], env)
+    outputs = "\n".join([
+        proc.stdout, proc.stderr, status.stdout, status.stderr, report_json.stdout,
+        (tmp_path / "j.journal").read_text(),
+        (tmp_path / "j.journal.report.csv").read_text(),
+    ])
+    for secret in secrets:
+        assert secret not in outputs
+        for line in secret.splitlines():
+            if len(line) > 16:
+                assert line not in outputs
+    doc = orjson.loads(report_json.stdout)
+    assert doc["counts"]["done"] == 30 and len(doc["items"]) == 30
+    assert "done:" in status.stdout and "complete" in status.stdout
+
+
+def test_no_terminal_and_no_yes_refuses(sim_thread, tmp_path: Path) -> None:
+    s = sim_thread(seed=1)
+    proc = run_cli(_rotate(tmp_path), cli_env(s.url))
+    assert proc.returncode == 2
+    assert "--yes" in proc.stderr
+    assert not (tmp_path / "j.journal").exists()
+
+
+def test_dry_run_sends_no_mutation(sim_thread, tmp_path: Path) -> None:
+    import urllib.request
+
+    s = sim_thread(credentials=5, seed=1)
+    proc = run_cli(_rotate(tmp_path, "--dry-run", "--select", "type=SSH_KEY"), cli_env(s.url))
+    assert proc.returncode == 0, proc.stderr
+    assert "would be rotated" in proc.stdout
+    stats = orjson.loads(urllib.request.urlopen(s.url + "/_sim/stats").read())
+    assert stats["requests"]["write"] == 0
+    assert not (tmp_path / "j.journal").exists()
+
+
+def test_bad_api_key_exits_3(sim_thread, tmp_path: Path) -> None:
+    s = sim_thread(seed=1)
+    proc = run_cli(_rotate(tmp_path, "--yes"), cli_env(s.url, ZPA_CLIENT_SECRET="wrong-secret"))
+    assert proc.returncode == 3, proc.stderr
+    assert "wrong-secret" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("args,env_extra,needle", [
+    (["--cloud", "mars"], {"BULKCRED_BASE_URL": ""}, "unknown ZPA cloud"),
+    (["--select", "colour=red"], {}, "unknown filter"),
+    (["--select", "type=KEYS"], {}, "unknown credential type"),
+    (["--write-rate", "ten"], {}, "cannot read the rate"),
+    (["--microtenant", "abc"], {}, "microtenant"),
+    (["--microtenant", "999"], {}, "does not exist"),
+])
+def test_usage_errors_exit_2(sim_thread, tmp_path: Path, args: list[str],
+                             env_extra: dict[str, str], needle: str) -> None:
+    s = sim_thread(seed=1)
+    proc = run_cli(_rotate(tmp_path, "--yes", *args), cli_env(s.url, **env_extra))
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert needle in proc.stderr
+
+
+def test_mismatched_journal_is_refused(sim_thread, tmp_path: Path) -> None:
+    s = sim_thread(seed=1)
+    env = cli_env(s.url)
+    assert run_cli(_rotate(tmp_path, "--yes", "--select", "type=PASSWORD"), env).returncode == 0
+    proc = run_cli(_rotate(tmp_path, "--yes", "--select", "type=SSH_KEY"), env)
+    assert proc.returncode == 2
+    assert "j.journal" in proc.stderr
+
+
+def test_long_server_pause_stops_resumably(sim_thread, tmp_path: Path) -> None:
+    """Case 6: a 593 s retry-after beyond --max-wait stops the job (exit 3); it resumes."""
+    s = sim_thread(credentials=10, seed=2, faults="throttle_burst=1,retry_after=593")
+    env = cli_env(s.url)
+    proc = run_cli(_rotate(tmp_path, "--yes", "--max-wait", "5"), env)
+    assert proc.returncode == 3, proc.stderr
+    assert "593" in proc.stderr
+    import urllib.request
+
+    req = urllib.request.Request(s.url + "/_sim/faults", data=orjson.dumps({"spec": ""}),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    urllib.request.urlopen(req).read()
+    proc = run_cli(_rotate(tmp_path, "--yes", "--max-wait", "5"), env)
+    assert proc.returncode == 0, proc.stderr
+    state = replay(tmp_path / "j.journal")
+    assert state.counts()["done"] == len(state.items) == 20
+
+
+def test_python_dash_m_and_version() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "bulkcred", "--version"], capture_output=True,
+                         text=True, check=True)
+    assert "bulkcred" in out.stdout
