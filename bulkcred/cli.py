@@ -377,7 +377,7 @@ def rotate(journal: Path, secrets_out: Path, select: tuple[str, ...], microtenan
 async def _rotate_main(connection: Connection, opts: Any, *, dry_run: bool, yes: bool,
                        redactor: Redactor) -> int:
     from .jobs.common import JobContext
-    from .jobs.rotate import plan_rotation, rotate as rotate_job
+    from .jobs.rotate import dry_run_summary, plan_rotation, rotate as rotate_job
     from .progress import JobProgress
 
     async with connection.client() as client:
@@ -385,6 +385,14 @@ async def _rotate_main(connection: Connection, opts: Any, *, dry_run: bool, yes:
                          customer_id=connection.customer_id,
                          concurrency=connection.concurrency)
         if dry_run:
+            left = dry_run_summary(opts.journal)
+            if left is not None:
+                click.echo(f"dry run: the journal {opts.journal} already holds this job:"
+                           f" {left['done']} done, {left['failed']} failed,"
+                           f" {left['uncertain']} uncertain, {left['pending']} pending;"
+                           " running the command again resumes it.")
+                click.echo("nothing was sent.")
+                return EXIT_OK
             plan = await plan_rotation(ctx, opts)
             _print_rotate_plan(plan.credentials, client.write_rate)
             return EXIT_OK
@@ -428,6 +436,428 @@ def _print_rotate_plan(creds: list[Any], rate: Rate) -> None:
         click.echo(f"  {c.id:>20}  {c.credential_type.value:<17}  mt {c.scope:<20}  {c.display_name}")
     if len(creds) > 20:
         click.echo(f"  ... and {len(creds) - 20} more")
+    click.echo("nothing was sent.")
+
+
+def _microtenant_arg(value: str | None, flag: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        return normalize_microtenant_id(value)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+
+
+@cli.command()
+@connection_options
+@click.option("--to", "target", required=True, metavar="MT",
+              help="The target microtenant id (0 = Default).")
+@click.option("--from", "source", metavar="MT",
+              help="The source microtenant id (0 = Default); default: wherever each selected"
+                   " credential is now.")
+@click.option("--journal", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Checkpoint journal; the same path resumes the job.")
+@click.option("--select", "select", multiple=True, metavar="FILTER",
+              help="name=GLOB, type=T, id=1,2, ids-from=FILE, older-than=90d; repeat to AND them.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the per-item report (default: JOURNAL.report.csv).")
+@click.option("--retry-failed", is_flag=True,
+              help="On resume, try the items that failed before again (after detaching rules).")
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@handle_errors
+def migrate(target: str, source: str | None, journal: Path, select: tuple[str, ...],
+            report: Path | None, retry_failed: bool, dry_run: bool, yes: bool, log_format: str,
+            verbose: int, **conn: Any) -> int:
+    """Move the selected credentials to another microtenant.
+
+    The target is checked before anything is sent, and the plan names the credentials
+    that credential policy rules inject (ZPA refuses to move those until the rules are
+    detached). Each move is journaled; run the same command again to resume: a move
+    whose answer was lost is settled by reading where the credential is, so nothing is
+    moved twice. A final listing of the target confirms every move.
+    """
+    from .jobs.migrate import MigrateOptions
+    from .jobs.select import parse_selection
+
+    redactor = Redactor()
+    _learn_env_secrets(redactor, os.environ)
+    _setup_logging(log_format, verbose, redactor)
+    to = _microtenant_arg(target, "--to")
+    assert to is not None
+    opts = MigrateOptions(
+        journal=journal,
+        target=to,
+        source=_microtenant_arg(source, "--from"),
+        selection=parse_selection(select),
+        retry_failed=retry_failed,
+        report=report or journal.with_name(journal.name + ".report.csv"),
+    )
+    connection = build_connection(conn, os.environ)
+    return _run(lambda: _migrate_main(connection, opts, dry_run=dry_run, yes=yes))
+
+
+async def _migrate_main(connection: Connection, opts: Any, *, dry_run: bool, yes: bool) -> int:
+    from .jobs.common import JobContext
+    from .jobs.migrate import migrate as migrate_job, plan_migration
+    from .progress import JobProgress
+
+    async with connection.client() as client:
+        ctx = JobContext(client=client, base_url=connection.base_url,
+                         customer_id=connection.customer_id,
+                         concurrency=connection.concurrency)
+        if dry_run:
+            _print_migrate_plan(await plan_migration(ctx, opts), client.write_rate, dry=True)
+            return EXIT_OK
+
+        def confirm(count: int, resumed: bool, plan: Any) -> bool:
+            if plan is not None:
+                _print_migrate_plan(plan, client.write_rate, dry=False)
+            if count == 0:
+                return True
+            what = (f"Resume the migration of {count} remaining credentials" if resumed
+                    else f"Move {count} credentials to microtenant {opts.target}")
+            return _confirm(f"{what} in tenant {connection.customer_id}?", yes)
+
+        progress = JobProgress("migrate", per_item_seconds=lambda: 1 / client.write_rate.per_second)
+        client.on_pause(progress.paused)
+        result = await migrate_job(ctx, opts, progress=progress, confirm=confirm)
+        if result is None:
+            click.echo("Nothing was changed.", err=True)
+            return EXIT_OK
+        stats = client.stats()
+        click.echo(
+            f"moved {result.done} of {result.total} credentials to {result.target.name}"
+            f" ({result.target.id}){' (resumed)' if result.resumed else ''}; {result.failed}"
+            f" failed, {result.uncertain} unfinished; {stats.throttled} throttled responses"
+        )
+        if result.refused:
+            click.echo(f"{len(result.refused)} refused because credential policy rules inject"
+                       " them (detach the rules, then run again with --retry-failed):")
+            for cid, rules in list(result.refused.items())[:20]:
+                click.echo(f"  {cid:>12}  rules: {', '.join(rules)}")
+        if result.unconfirmed:
+            click.echo(f"{len(result.unconfirmed)} not confirmed by the final listing:"
+                       f" {', '.join(result.unconfirmed[:10])}")
+        click.echo(f"journal: {result.journal}")
+        if result.report:
+            click.echo(f"report:  {result.report}")
+        return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _print_migrate_plan(plan: Any, rate: Rate, *, dry: bool) -> None:
+    creds, target = plan.credentials, plan.target
+    by_source: dict[str, int] = {}
+    for c in creds:
+        by_source[c.scope] = by_source.get(c.scope, 0) + 1
+    names = {m.id: m.name for m in plan.sources}
+    froms = ", ".join(f"{names.get(mt, mt)} ({mt}): {n}" for mt, n in sorted(by_source.items()))
+    click.echo(f"{'dry run: ' if dry else ''}{len(creds)} credentials"
+               f" {'would move' if dry else 'to move'} to {target.name} ({target.id})"
+               + (f" from {froms}" if creds else ""))
+    click.echo(f"at the write limit of {rate} that takes at least"
+               f" {len(creds) / rate.per_second:.0f} s")
+    if plan.rules_problem:
+        click.echo(f"{plan.rules_problem}: refusals cannot be predicted")
+    elif plan.blocked:
+        click.echo(f"{len(plan.blocked)} of them are injected by credential policy rules; ZPA"
+                   " refuses to move those until the rules are detached:")
+        for cid, rules in list(plan.blocked.items())[:20]:
+            click.echo(f"  {cid:>12}  rules: {', '.join(rules)}")
+    if not target.is_default and any(mt != "0" for mt in by_source):
+        click.echo("note: ZPA documents moves between a microtenant and Default; a direct move"
+                   " between two microtenants may be refused")
+    if dry:
+        for c in creds[:20]:
+            click.echo(f"  {c.id:>12}  {c.credential_type.value:<17}  from {c.scope:<19}"
+                       f"  {c.display_name}")
+        if len(creds) > 20:
+            click.echo(f"  ... and {len(creds) - 20} more")
+        click.echo("nothing was sent.")
+
+
+def _write_output(output: Path | None, data: bytes) -> None:
+    """To stdout, or to ``output`` through a temporary file (never a half-written one)."""
+    if output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(output)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@cli.command()
+@connection_options
+@click.option("--stale-days", type=click.IntRange(min=0), default=90, show_default=True,
+              help="A credential whose last reset is older than this many days is stale.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "html"]),
+              default="table", show_default=True,
+              help="table (terminal), csv (a row a finding), json (counts and findings), html"
+                   " (one self-contained file with charts).")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write here instead of stdout.")
+@click.option("--microtenant", metavar="ID",
+              help="Only this microtenant (0 = Default); default: the whole tenant.")
+@handle_errors
+def audit(stale_days: int, fmt: str, output: Path | None, microtenant: str | None,
+          log_format: str, verbose: int, **conn: Any) -> int:
+    """Audit every credential of every microtenant (read-only).
+
+    Counts by type and microtenant; finds stale, never-rotated, duplicate-named,
+    unsafe-named and unused credentials, and the credential policy rules that use each
+    one. Every page is read at 500 a page, in parallel under the read limit.
+    """
+    from .jobs.audit import AuditOptions
+
+    redactor = Redactor()
+    _learn_env_secrets(redactor, os.environ)
+    _setup_logging(log_format, verbose, redactor)
+    opts = AuditOptions(stale_days=stale_days,
+                        microtenant=_microtenant_arg(microtenant, "--microtenant"))
+    connection = build_connection(conn, os.environ)
+    return _run(lambda: _audit_main(connection, opts, fmt=fmt, output=output))
+
+
+async def _audit_main(connection: Connection, opts: Any, *, fmt: str,
+                      output: Path | None) -> int:
+    import io
+
+    from rich.console import Console
+
+    from .jobs.audit import audit as audit_job, render_csv, render_json, table_view
+    from .jobs.audit_html import render_html
+    from .jobs.common import JobContext
+    from .progress import ReadProgress
+
+    async with connection.client() as client:
+        ctx = JobContext(client=client, base_url=connection.base_url,
+                         customer_id=connection.customer_id,
+                         concurrency=connection.concurrency)
+        progress = ReadProgress("audit")
+        client.on_pause(progress.paused)
+        result = await audit_job(ctx, opts, progress=progress)
+        progress.finish()
+    if fmt == "table" and output is None:
+        # piped, the table gets room rather than the 80 columns rich assumes
+        (Console() if sys.stdout.isatty() else Console(width=160)).print(table_view(result))
+    elif fmt == "table":
+        buf = io.StringIO()
+        Console(file=buf, width=160, color_system=None).print(table_view(result))
+        _write_output(output, buf.getvalue().encode("utf-8"))
+    else:
+        data = {"json": lambda: render_json(result), "csv": lambda: render_csv(result).encode(),
+                "html": lambda: render_html(result).encode()}[fmt]()
+        _write_output(output, data)
+    findings = len(result.findings)
+    click.echo(f"audit: {result.total} credentials in {len(result.microtenants)} microtenants,"
+               f" {findings} findings" + (f"; written to {output}" if output else ""), err=True)
+    return EXIT_OK
+
+
+@cli.command()
+@connection_options
+@click.option("--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The CSV to write (put in place once every page is read).")
+@click.option("--microtenant", metavar="ID",
+              help="Only this microtenant (0 = Default); default: the whole tenant.")
+@click.option("--select", "select", multiple=True, metavar="FILTER",
+              help="name=GLOB, type=T, id=1,2, ids-from=FILE, older-than=90d; repeat to AND them.")
+@handle_errors
+def export(output: Path, microtenant: str | None, select: tuple[str, ...], log_format: str,
+           verbose: int, **conn: Any) -> int:
+    """Export every credential's metadata as a CSV that `bulkcred import` reads.
+
+    Columns: name, credentialType, userName, password, privateKey, privateKeyFile,
+    passphrase, userDomain, description, microtenantId. The secret columns are empty
+    (ZPA returns no secret): fill them in, and export -> edit -> import moves
+    credentials between tenants.
+    """
+    from .jobs.export import ExportOptions
+    from .jobs.select import parse_selection
+
+    redactor = Redactor()
+    _learn_env_secrets(redactor, os.environ)
+    _setup_logging(log_format, verbose, redactor)
+    opts = ExportOptions(output=output, microtenant=_microtenant_arg(microtenant, "--microtenant"),
+                         selection=parse_selection(select))
+    connection = build_connection(conn, os.environ)
+    return _run(lambda: _export_main(connection, opts))
+
+
+async def _export_main(connection: Connection, opts: Any) -> int:
+    from .jobs.common import JobContext
+    from .jobs.export import export as export_job
+    from .progress import ReadProgress
+
+    async with connection.client() as client:
+        ctx = JobContext(client=client, base_url=connection.base_url,
+                         customer_id=connection.customer_id,
+                         concurrency=connection.concurrency)
+        progress = ReadProgress("export")
+        client.on_pause(progress.paused)
+        result = await export_job(ctx, opts, progress=progress)
+        progress.finish()
+    per_mt = ", ".join(f"{name}: {n}" for name, n in result.by_microtenant.items())
+    click.echo(f"exported {result.rows} credentials ({per_mt}) to {result.output}")
+    return EXIT_OK
+
+
+@cli.command("import")
+@connection_options
+@click.argument("csv_file", metavar="CSV", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--journal", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Checkpoint journal; the same path (and the same CSV) resumes the job.")
+@click.option("--on-existing", type=click.Choice(["fail", "skip", "update"]), default="fail",
+              show_default=True,
+              help="A row whose name exists in its microtenant: stop before sending anything,"
+                   " leave the credential as it is, or PUT the row over it.")
+@click.option("--skip-invalid", is_flag=True,
+              help="Import the valid rows; the invalid ones go to --reject-file (exit 1).")
+@click.option("--reject-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where --skip-invalid writes the invalid rows, secrets masked"
+                   " (default: JOURNAL.rejects.csv).")
+@click.option("--microtenant", metavar="ID",
+              help="The microtenant of rows whose microtenantId is empty (default: Default).")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the per-row report (default: JOURNAL.report.csv).")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan (create, update, skip, reject); send nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@handle_errors
+def import_(csv_file: Path, journal: Path, on_existing: str, skip_invalid: bool,
+            reject_file: Path | None, microtenant: str | None, report: Path | None,
+            dry_run: bool, yes: bool, log_format: str, verbose: int, **conn: Any) -> int:
+    """Create credentials from a CSV, every row checked before a single request.
+
+    Columns: name, credentialType, userName, password, privateKey, privateKeyFile (a
+    path relative to the CSV), passphrase, userDomain, description, microtenantId. A file
+    with an invalid row sends nothing (exit 2) unless --skip-invalid. A create whose
+    answer was lost is looked up by name, never sent twice; run the same command again
+    to resume after any crash.
+    """
+    from .jobs.importcsv import ImportOptions, load_import_csv
+
+    redactor = Redactor()
+    _learn_env_secrets(redactor, os.environ)
+    _setup_logging(log_format, verbose, redactor)
+    if microtenant is not None:
+        try:
+            microtenant = normalize_microtenant_id(microtenant)
+        except ValueError as exc:
+            raise UsageError(f"--microtenant: {exc}") from None
+    connection = build_connection(conn, os.environ)
+    source = load_import_csv(csv_file, microtenant=microtenant)
+    redactor.add(*source.secrets())
+    if source.rejects and not skip_invalid and not dry_run:
+        raise UsageError(source.problems_text())  # before any connection is made
+    opts = ImportOptions(
+        csv=csv_file,
+        journal=journal,
+        on_existing=on_existing,  # type: ignore[arg-type]  # click.Choice checked it
+        skip_invalid=skip_invalid,
+        reject_file=(reject_file or journal.with_name(journal.name + ".rejects.csv"))
+        if skip_invalid else None,
+        microtenant=microtenant,
+        report=report or journal.with_name(journal.name + ".report.csv"),
+    )
+    return _run(lambda: _import_main(connection, opts, source, dry_run=dry_run, yes=yes,
+                                     redactor=redactor))
+
+
+async def _import_main(connection: Connection, opts: Any, source: Any, *, dry_run: bool,
+                       yes: bool, redactor: Redactor) -> int:
+    from .jobs.common import JobContext
+    from .jobs.importcsv import existing_plan, import_credentials, plan_import
+    from .progress import JobProgress
+
+    async with connection.client() as client:
+        ctx = JobContext(client=client, base_url=connection.base_url,
+                         customer_id=connection.customer_id,
+                         concurrency=connection.concurrency)
+        if dry_run:
+            state = existing_plan(opts.journal)
+            if state is not None:
+                counts = ", ".join(f"{n} {s}" for s, n in state.counts().items() if n)
+                click.echo(f"dry run: {opts.journal} holds this import's plan already ({counts});"
+                           " run without --dry-run to resume it. nothing was sent.")
+                return EXIT_OK
+            plan = await plan_import(ctx, source, opts)
+            _print_import_plan(plan, opts, client.write_rate, redactor)
+            refusal = plan.refusal(opts)
+            if refusal:
+                click.echo(redactor.redact(refusal), err=True)
+                return EXIT_USAGE
+            return EXIT_OK
+
+        def confirm(plan: Any, writes: int) -> bool:
+            if plan is None:
+                question = f"Resume the import: {writes} rows left to send"
+            else:
+                click.echo(_import_summary(plan, opts), err=True)
+                question = (f"Create {len(plan.of('create'))} and update"
+                            f" {len(plan.of('update'))} credentials")
+            return _confirm(f"{question} in tenant {connection.customer_id}?", yes)
+
+        progress = JobProgress("import", per_item_seconds=lambda: 1 / client.write_rate.per_second)
+        client.on_pause(progress.paused)
+        result = await import_credentials(ctx, opts, source, progress=progress,
+                                          redactor=redactor, confirm=confirm)
+        if result is None:
+            click.echo("Nothing was changed.", err=True)
+            return EXIT_OK
+        click.echo(
+            f"imported {opts.csv}{' (resumed)' if result.resumed else ''}: {result.created}"
+            f" created, {result.updated} updated, {result.skipped} skipped, {result.rejected}"
+            f" rejected, {result.failed} failed, {result.unfinished} unfinished;"
+            f" {client.stats().throttled} throttled responses")
+        click.echo(f"journal: {result.journal}")
+        if result.report:
+            click.echo(f"report:  {result.report}")
+        if result.reject_file:
+            click.echo(f"rejects: {result.reject_file}")
+        return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _import_summary(plan: Any, opts: Any) -> str:
+    existing = {"fail": "stop before sending anything", "skip": "left as they are",
+                "update": "overwritten (full-object PUT)"}[opts.on_existing]
+    return (f"{len(plan.of('create'))} to create, {len(plan.of('update'))} to update,"
+            f" {len(plan.of('skip'))} to skip, {len(plan.of('reject'))} rejected;"
+            f" {plan.existing} name existing credentials: --on-existing {opts.on_existing}"
+            f" ({existing})")
+
+
+def _print_import_plan(plan: Any, opts: Any, rate: Rate, redactor: Redactor) -> None:
+    from .jobs.importcsv import names_outside_ui_set
+
+    click.echo(f"dry run: {opts.csv}, {len(plan.items)} rows")
+    click.echo("  " + _import_summary(plan, opts))
+    click.echo(f"at the write limit of {rate} the {plan.writes} writes take at least"
+               f" {plan.writes / rate.per_second:.0f} s")
+    unsafe = names_outside_ui_set(plan.source)
+    if unsafe:
+        click.echo(f"{unsafe} names use characters outside the admin portal's set (letters,"
+                   " digits, . - _); the API takes them, the portal may not let them be edited")
+    for action in ("create", "update", "skip"):
+        items = plan.of(action)
+        if not items:
+            continue
+        click.echo(f"{action} (first {min(len(items), 10)} of {len(items)}):")
+        for item in items[:10]:
+            cred = item.row.credential
+            what = f" (id {item.existing.id})" if item.existing is not None else ""
+            click.echo(redactor.redact(
+                f"  line {item.line:<6} {cred.credential_type.value:<17} mt {item.row.scope:<20}"
+                f" {cred.name}{what}"))
+    rejects = plan.rejects
+    if rejects:
+        click.echo(f"reject ({len(rejects)}):")
+        for r in rejects:
+            click.echo(redactor.redact(f"  {r.error(opts.csv)}"))
     click.echo("nothing was sent.")
 
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Protocol
 
 from .. import __version__
 from ..csvio import read_csv
-from ..errors import InputError, NotFound, UsageError
+from ..errors import InputError, NotFound
 from ..journal import Journal, replay
 from ..models import Credential, CredentialSecret, CredentialType, Secret
 from ..report import write_report
@@ -316,12 +316,13 @@ async def rotate(
 
         cap = ctx.concurrency or DEFAULT_CONCURRENCY_CAP
         window = Window(cap, client.write_rate, latency)
-        summary = await run_items(todo, work, journal=journal, window=window,
-                                  progress=progress)
-
+        try:
+            summary = await run_items(todo, work, journal=journal, window=window,
+                                      progress=progress)
+        finally:
+            if progress is not None:
+                progress.finish()
         unconfirmed = await _verify(ctx, opts, journal, current)
-        if progress is not None:
-            progress.finish()
         counts = journal.state.counts()
         report = opts.report
         if report is not None:
@@ -394,10 +395,8 @@ def _has_records(path: Path) -> bool:
 
 def dry_run_summary(journal_path: Path) -> dict[str, int] | None:
     """Counts of a journal that already exists (for ``--dry-run`` of a resume)."""
-    if not journal_path.exists():
+    if not _has_records(journal_path):
         return None
-    try:
-        return replay(journal_path).counts()
-    except Exception as exc:  # pragma: no cover - reported by the caller as usage
-        raise UsageError(f"cannot read the journal {journal_path}: {exc}") from None
+    state = replay(journal_path)
+    return state.counts() if state.planned else None
 
