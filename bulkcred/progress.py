@@ -21,7 +21,7 @@ from rich.progress import (
 
 from .runner import ItemResult
 
-__all__ = ["JobProgress"]
+__all__ = ["JobProgress", "ReadProgress"]
 
 
 def _fmt_secs(s: float) -> str:
@@ -148,3 +148,56 @@ class JobProgress:
             file=self._stream,
             flush=True,
         )
+
+
+class ReadProgress:
+    """Progress of a long read (audit, export): credentials read so far, on stderr.
+
+    No ETA: a listing's size is known only page by page.
+    """
+
+    def __init__(self, label: str, *, stream: IO[str] | None = None, interval: float = 10.0,
+                 enabled: bool = True) -> None:
+        self.label = label
+        self._stream = stream or sys.stderr
+        self._interval = interval
+        self._enabled = enabled
+        self._started = time.monotonic()
+        self._last_line = 0.0
+        self.credentials = 0
+        self._note = ""
+        tty = bool(getattr(self._stream, "isatty", lambda: False)())
+        self._status = (Console(file=self._stream).status(self._text())
+                        if enabled and tty else None)
+        if self._status is not None:
+            self._status.start()
+
+    def _text(self) -> str:
+        elapsed = _fmt_secs(time.monotonic() - self._started)
+        return (f"{self.label}: {self.credentials:,} credentials read in {elapsed}"
+                + (f", {self._note}" if self._note else ""))
+
+    def read(self, microtenant: object, credentials: int) -> None:
+        self.credentials += credentials
+        self._refresh()
+
+    def paused(self, cls: str, seconds: float) -> None:
+        self._note = f"paused by the server for {seconds:.0f} s ({cls})"
+        self._refresh(force=True)
+        self._note = ""
+
+    def _refresh(self, force: bool = False) -> None:
+        if self._status is not None:
+            self._status.update(self._text())
+        elif self._enabled:
+            now = time.monotonic()
+            if force or now - self._last_line >= self._interval:
+                self._last_line = now
+                print(self._text(), file=self._stream, flush=True)
+
+    def finish(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+        if self._enabled:
+            print(self._text(), file=self._stream, flush=True)
