@@ -500,6 +500,7 @@ def migrate(target: str, source: str | None, journal: Path, select: tuple[str, .
 async def _migrate_main(connection: Connection, opts: Any, *, dry_run: bool, yes: bool) -> int:
     from .jobs.common import JobContext
     from .jobs.migrate import migrate as migrate_job, plan_migration
+    from .jobs.rotate import dry_run_summary
     from .progress import JobProgress
 
     async with connection.client() as client:
@@ -507,7 +508,17 @@ async def _migrate_main(connection: Connection, opts: Any, *, dry_run: bool, yes
                          customer_id=connection.customer_id,
                          concurrency=connection.concurrency)
         if dry_run:
-            _print_migrate_plan(await plan_migration(ctx, opts), client.write_rate, dry=True)
+            left = dry_run_summary(opts.journal)
+            if left is not None:
+                # a resume finishes the journal's plan, not a fresh one
+                click.echo(f"dry run: the journal {opts.journal} already holds this job:"
+                           f" {left['done']} done, {left['failed']} failed,"
+                           f" {left['uncertain']} uncertain, {left['pending']} pending;"
+                           " running the command again resumes it.")
+            else:
+                _print_migrate_plan(await plan_migration(ctx, opts), client.write_rate,
+                                    dry=True)
+            click.echo("nothing was sent.")
             return EXIT_OK
 
         def confirm(count: int, resumed: bool, plan: Any) -> bool:
@@ -573,7 +584,6 @@ def _print_migrate_plan(plan: Any, rate: Rate, *, dry: bool) -> None:
                        f"  {c.display_name}")
         if len(creds) > 20:
             click.echo(f"  ... and {len(creds) - 20} more")
-        click.echo("nothing was sent.")
 
 
 def _write_output(output: Path | None, data: bytes) -> None:
@@ -639,8 +649,10 @@ async def _audit_main(connection: Connection, opts: Any, *, fmt: str,
                          concurrency=connection.concurrency)
         progress = ReadProgress("audit")
         client.on_pause(progress.paused)
-        result = await audit_job(ctx, opts, progress=progress)
-        progress.finish()
+        try:
+            result = await audit_job(ctx, opts, progress=progress)
+        finally:
+            progress.finish()
     if fmt == "table" and output is None:
         # piped, the table gets room rather than the 80 columns rich assumes
         (Console() if sys.stdout.isatty() else Console(width=160)).print(table_view(result))
@@ -699,8 +711,10 @@ async def _export_main(connection: Connection, opts: Any) -> int:
                          concurrency=connection.concurrency)
         progress = ReadProgress("export")
         client.on_pause(progress.paused)
-        result = await export_job(ctx, opts, progress=progress)
-        progress.finish()
+        try:
+            result = await export_job(ctx, opts, progress=progress)
+        finally:
+            progress.finish()
     per_mt = ", ".join(f"{name}: {n}" for name, n in result.by_microtenant.items())
     click.echo(f"exported {result.rows} credentials ({per_mt}) to {result.output}")
     return EXIT_OK
@@ -744,11 +758,7 @@ def import_(csv_file: Path, journal: Path, on_existing: str, skip_invalid: bool,
     redactor = Redactor()
     _learn_env_secrets(redactor, os.environ)
     _setup_logging(log_format, verbose, redactor)
-    if microtenant is not None:
-        try:
-            microtenant = normalize_microtenant_id(microtenant)
-        except ValueError as exc:
-            raise UsageError(f"--microtenant: {exc}") from None
+    microtenant = _microtenant_arg(microtenant, "--microtenant")
     connection = build_connection(conn, os.environ)
     source = load_import_csv(csv_file, microtenant=microtenant)
     redactor.add(*source.secrets())
@@ -787,11 +797,14 @@ async def _import_main(connection: Connection, opts: Any, source: Any, *, dry_ru
                 return EXIT_OK
             plan = await plan_import(ctx, source, opts)
             _print_import_plan(plan, opts, client.write_rate, redactor)
-            refusal = plan.refusal(opts)
-            if refusal:
-                click.echo(redactor.redact(refusal), err=True)
-                return EXIT_USAGE
-            return EXIT_OK
+            refused = plan.rejects and not opts.skip_invalid
+            if refused:
+                click.echo(f"bulkcred: the import would send nothing: {len(plan.rejects)}"
+                           " invalid rows (listed above); fix them, or pass --skip-invalid to"
+                           " import the valid rows", err=True)
+            if plan.refused:
+                click.echo(f"bulkcred: {redactor.redact(plan.refused_text())}", err=True)
+            return EXIT_USAGE if refused or plan.refused else EXIT_OK
 
         def confirm(plan: Any, writes: int) -> bool:
             if plan is None:
@@ -823,7 +836,8 @@ async def _import_main(connection: Connection, opts: Any, source: Any, *, dry_ru
 
 
 def _import_summary(plan: Any, opts: Any) -> str:
-    existing = {"fail": "stop before sending anything", "skip": "left as they are",
+    existing = {"fail": "any one stops the import before anything is sent",
+                "skip": "left as they are",
                 "update": "overwritten (full-object PUT)"}[opts.on_existing]
     return (f"{len(plan.of('create'))} to create, {len(plan.of('update'))} to update,"
             f" {len(plan.of('skip'))} to skip, {len(plan.of('reject'))} rejected;"
@@ -840,8 +854,9 @@ def _print_import_plan(plan: Any, opts: Any, rate: Rate, redactor: Redactor) -> 
                f" {plan.writes / rate.per_second:.0f} s")
     unsafe = names_outside_ui_set(plan.source)
     if unsafe:
-        click.echo(f"{unsafe} names use characters outside the admin portal's set (letters,"
-                   " digits, . - _); the API takes them, the portal may not let them be edited")
+        click.echo(f"{unsafe} name{' uses' if unsafe == 1 else 's use'} characters outside the"
+                   " admin portal's set (letters, digits, . - _): the API takes them, the"
+                   " portal may not let them be edited")
     for action in ("create", "update", "skip"):
         items = plan.of(action)
         if not items:
