@@ -297,6 +297,47 @@ def handle_errors(f: Callable[..., int]) -> Callable[..., None]:
     return wrapper
 
 
+def _start_logging(log_format: str, verbose: int) -> Redactor:
+    """Logging to stderr that masks every secret the job learns (and the API key's)."""
+    redactor = Redactor()
+    _learn_env_secrets(redactor, os.environ)
+    _setup_logging(log_format, verbose, redactor)
+    return redactor
+
+
+def _context(connection: Connection, client: Any) -> Any:
+    from .jobs.common import JobContext
+
+    return JobContext(client=client, base_url=connection.base_url,
+                      customer_id=connection.customer_id, concurrency=connection.concurrency)
+
+
+def _progress(label: str, client: Any) -> Any:
+    """A progress display whose ETA is the write limit's pace, told of server pauses."""
+    from .progress import JobProgress
+
+    progress = JobProgress(label, per_item_seconds=lambda: 1 / client.write_rate.per_second)
+    client.on_pause(progress.paused)
+    return progress
+
+
+def _dry_run_of_resume(journal: Path) -> bool:
+    """For ``--dry-run`` on a journal that already holds a plan: say what is left.
+
+    A resume finishes the journal's plan, not a fresh one, so that is the plan to show.
+    """
+    from .jobs.common import planned_state
+
+    state = planned_state(journal)
+    if state is None:
+        return False
+    counts = ", ".join(f"{n} {st}" for st, n in state.counts().items() if n)
+    click.echo(f"dry run: the journal {journal} already holds this job ({counts});"
+               " running the command again without --dry-run resumes it.")
+    click.echo("nothing was sent.")
+    return True
+
+
 def _confirm(question: str, yes: bool) -> bool:
     if yes:
         return True
@@ -352,9 +393,7 @@ def rotate(journal: Path, secrets_out: Path, select: tuple[str, ...], microtenan
     from .jobs.rotate import RotateOptions
     from .jobs.select import parse_selection
 
-    redactor = Redactor()
-    _learn_env_secrets(redactor, os.environ)
-    _setup_logging(log_format, verbose, redactor)
+    redactor = _start_logging(log_format, verbose)
     if microtenant is not None:
         try:
             microtenant = normalize_microtenant_id(microtenant)
@@ -376,22 +415,12 @@ def rotate(journal: Path, secrets_out: Path, select: tuple[str, ...], microtenan
 
 async def _rotate_main(connection: Connection, opts: Any, *, dry_run: bool, yes: bool,
                        redactor: Redactor) -> int:
-    from .jobs.common import JobContext
-    from .jobs.rotate import dry_run_summary, plan_rotation, rotate as rotate_job
-    from .progress import JobProgress
+    from .jobs.rotate import plan_rotation, rotate as rotate_job
 
     async with connection.client() as client:
-        ctx = JobContext(client=client, base_url=connection.base_url,
-                         customer_id=connection.customer_id,
-                         concurrency=connection.concurrency)
+        ctx = _context(connection, client)
         if dry_run:
-            left = dry_run_summary(opts.journal)
-            if left is not None:
-                click.echo(f"dry run: the journal {opts.journal} already holds this job:"
-                           f" {left['done']} done, {left['failed']} failed,"
-                           f" {left['uncertain']} uncertain, {left['pending']} pending;"
-                           " running the command again resumes it.")
-                click.echo("nothing was sent.")
+            if _dry_run_of_resume(opts.journal):
                 return EXIT_OK
             plan = await plan_rotation(ctx, opts)
             _print_rotate_plan(plan.credentials, client.write_rate)
@@ -402,8 +431,7 @@ async def _rotate_main(connection: Connection, opts: Any, *, dry_run: bool, yes:
                     else f"Rotate {count} credentials")
             return _confirm(f"{what} in tenant {connection.customer_id}?", yes)
 
-        progress = JobProgress("rotate", per_item_seconds=lambda: 1 / client.write_rate.per_second)
-        client.on_pause(progress.paused)
+        progress = _progress("rotate", client)
         result = await rotate_job(ctx, opts, progress=progress, redactor=redactor, confirm=confirm)
         if result is None:
             click.echo("Nothing was changed.", err=True)
@@ -480,9 +508,7 @@ def migrate(target: str, source: str | None, journal: Path, select: tuple[str, .
     from .jobs.migrate import MigrateOptions
     from .jobs.select import parse_selection
 
-    redactor = Redactor()
-    _learn_env_secrets(redactor, os.environ)
-    _setup_logging(log_format, verbose, redactor)
+    _start_logging(log_format, verbose)
     to = _microtenant_arg(target, "--to")
     assert to is not None
     opts = MigrateOptions(
@@ -498,27 +524,15 @@ def migrate(target: str, source: str | None, journal: Path, select: tuple[str, .
 
 
 async def _migrate_main(connection: Connection, opts: Any, *, dry_run: bool, yes: bool) -> int:
-    from .jobs.common import JobContext
     from .jobs.migrate import migrate as migrate_job, plan_migration
-    from .jobs.rotate import dry_run_summary
-    from .progress import JobProgress
 
     async with connection.client() as client:
-        ctx = JobContext(client=client, base_url=connection.base_url,
-                         customer_id=connection.customer_id,
-                         concurrency=connection.concurrency)
+        ctx = _context(connection, client)
         if dry_run:
-            left = dry_run_summary(opts.journal)
-            if left is not None:
-                # a resume finishes the journal's plan, not a fresh one
-                click.echo(f"dry run: the journal {opts.journal} already holds this job:"
-                           f" {left['done']} done, {left['failed']} failed,"
-                           f" {left['uncertain']} uncertain, {left['pending']} pending;"
-                           " running the command again resumes it.")
-            else:
+            if not _dry_run_of_resume(opts.journal):
                 _print_migrate_plan(await plan_migration(ctx, opts), client.write_rate,
                                     dry=True)
-            click.echo("nothing was sent.")
+                click.echo("nothing was sent.")
             return EXIT_OK
 
         def confirm(count: int, resumed: bool, plan: Any) -> bool:
@@ -530,8 +544,7 @@ async def _migrate_main(connection: Connection, opts: Any, *, dry_run: bool, yes
                     else f"Move {count} credentials to microtenant {opts.target}")
             return _confirm(f"{what} in tenant {connection.customer_id}?", yes)
 
-        progress = JobProgress("migrate", per_item_seconds=lambda: 1 / client.write_rate.per_second)
-        client.on_pause(progress.paused)
+        progress = _progress("migrate", client)
         result = await migrate_job(ctx, opts, progress=progress, confirm=confirm)
         if result is None:
             click.echo("Nothing was changed.", err=True)
@@ -623,9 +636,7 @@ def audit(stale_days: int, fmt: str, output: Path | None, microtenant: str | Non
     """
     from .jobs.audit import AuditOptions
 
-    redactor = Redactor()
-    _learn_env_secrets(redactor, os.environ)
-    _setup_logging(log_format, verbose, redactor)
+    _start_logging(log_format, verbose)
     opts = AuditOptions(stale_days=stale_days,
                         microtenant=_microtenant_arg(microtenant, "--microtenant"))
     connection = build_connection(conn, os.environ)
@@ -640,13 +651,10 @@ async def _audit_main(connection: Connection, opts: Any, *, fmt: str,
 
     from .jobs.audit import audit as audit_job, render_csv, render_json, table_view
     from .jobs.audit_html import render_html
-    from .jobs.common import JobContext
     from .progress import ReadProgress
 
     async with connection.client() as client:
-        ctx = JobContext(client=client, base_url=connection.base_url,
-                         customer_id=connection.customer_id,
-                         concurrency=connection.concurrency)
+        ctx = _context(connection, client)
         progress = ReadProgress("audit")
         client.on_pause(progress.paused)
         try:
@@ -691,9 +699,7 @@ def export(output: Path, microtenant: str | None, select: tuple[str, ...], log_f
     from .jobs.export import ExportOptions
     from .jobs.select import parse_selection
 
-    redactor = Redactor()
-    _learn_env_secrets(redactor, os.environ)
-    _setup_logging(log_format, verbose, redactor)
+    _start_logging(log_format, verbose)
     opts = ExportOptions(output=output, microtenant=_microtenant_arg(microtenant, "--microtenant"),
                          selection=parse_selection(select))
     connection = build_connection(conn, os.environ)
@@ -701,14 +707,11 @@ def export(output: Path, microtenant: str | None, select: tuple[str, ...], log_f
 
 
 async def _export_main(connection: Connection, opts: Any) -> int:
-    from .jobs.common import JobContext
     from .jobs.export import export as export_job
     from .progress import ReadProgress
 
     async with connection.client() as client:
-        ctx = JobContext(client=client, base_url=connection.base_url,
-                         customer_id=connection.customer_id,
-                         concurrency=connection.concurrency)
+        ctx = _context(connection, client)
         progress = ReadProgress("export")
         client.on_pause(progress.paused)
         try:
@@ -755,9 +758,7 @@ def import_(csv_file: Path, journal: Path, on_existing: str, skip_invalid: bool,
     """
     from .jobs.importcsv import ImportOptions, load_import_csv
 
-    redactor = Redactor()
-    _learn_env_secrets(redactor, os.environ)
-    _setup_logging(log_format, verbose, redactor)
+    redactor = _start_logging(log_format, verbose)
     microtenant = _microtenant_arg(microtenant, "--microtenant")
     connection = build_connection(conn, os.environ)
     source = load_import_csv(csv_file, microtenant=microtenant)
@@ -780,20 +781,12 @@ def import_(csv_file: Path, journal: Path, on_existing: str, skip_invalid: bool,
 
 async def _import_main(connection: Connection, opts: Any, source: Any, *, dry_run: bool,
                        yes: bool, redactor: Redactor) -> int:
-    from .jobs.common import JobContext
-    from .jobs.importcsv import existing_plan, import_credentials, plan_import
-    from .progress import JobProgress
+    from .jobs.importcsv import import_credentials, plan_import
 
     async with connection.client() as client:
-        ctx = JobContext(client=client, base_url=connection.base_url,
-                         customer_id=connection.customer_id,
-                         concurrency=connection.concurrency)
+        ctx = _context(connection, client)
         if dry_run:
-            state = existing_plan(opts.journal)
-            if state is not None:
-                counts = ", ".join(f"{n} {s}" for s, n in state.counts().items() if n)
-                click.echo(f"dry run: {opts.journal} holds this import's plan already ({counts});"
-                           " run without --dry-run to resume it. nothing was sent.")
+            if _dry_run_of_resume(opts.journal):
                 return EXIT_OK
             plan = await plan_import(ctx, source, opts)
             _print_import_plan(plan, opts, client.write_rate, redactor)
@@ -815,8 +808,7 @@ async def _import_main(connection: Connection, opts: Any, source: Any, *, dry_ru
                             f" {len(plan.of('update'))} credentials")
             return _confirm(f"{question} in tenant {connection.customer_id}?", yes)
 
-        progress = JobProgress("import", per_item_seconds=lambda: 1 / client.write_rate.per_second)
-        client.on_pause(progress.paused)
+        progress = _progress("import", client)
         result = await import_credentials(ctx, opts, source, progress=progress,
                                           redactor=redactor, confirm=confirm)
         if result is None:

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable
+from pathlib import Path
+from typing import AsyncIterator, Callable, Protocol
 
 from ..client import ZPAClient
 from ..errors import BadRequest, NotFound, PermissionDenied, UsageError
+from ..journal import JournalState, replay
 from ..models import DEFAULT_MICROTENANT, Credential, Microtenant, normalize_microtenant_id
+from ..runner import ItemResult
 
 log = logging.getLogger("bulkcred.jobs")
 
 __all__ = [
     "JobContext",
+    "JobProgressSink",
+    "journal_has_records",
+    "planned_state",
     "list_scope",
     "resolve_microtenants",
     "scope_credentials",
@@ -35,20 +41,48 @@ class JobContext:
         return {"baseUrl": self.base_url.rstrip("/"), "customerId": self.customer_id}
 
 
+class JobProgressSink(Protocol):
+    """What a job tells its progress display (``bulkcred.progress.JobProgress``)."""
+
+    def start(self, total: int, already: int, eta: float) -> None: ...
+    def advance(self, key: str, result: ItemResult) -> None: ...
+    def finish(self) -> None: ...
+
+
+def journal_has_records(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
+def planned_state(path: Path) -> JournalState | None:
+    """The journal's state if it holds a sealed plan (a resume, or a dry run of one)."""
+    if not journal_has_records(path):
+        return None
+    state = replay(path)
+    return state if state.planned else None
+
+
 async def resolve_microtenants(client: ZPAClient, only: str | None) -> list[Microtenant]:
     """The microtenants a job covers: ``only`` (checked to exist), or all of them.
 
     A tenant without microtenants (or a key that may not list them) is just Default.
     """
+    want = normalize_microtenant_id(only) if only is not None else None
     try:
         tenants = [m async for m in client.iter_microtenants()]
     except (NotFound, PermissionDenied):
+        if want is not None:
+            # a key that lives in one microtenant may not list the others; take the
+            # operator's word for the one they named (its listing will tell)
+            return [Microtenant(id=want, name="Default" if want == DEFAULT_MICROTENANT
+                                else want)]
         tenants = []
     if not any(m.is_default for m in tenants):
         tenants.insert(0, Microtenant(id=DEFAULT_MICROTENANT, name="Default"))
-    if only is None:
+    if want is None:
         return tenants
-    want = normalize_microtenant_id(only)
     for m in tenants:
         if m.id == want:
             return [m]

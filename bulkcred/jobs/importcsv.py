@@ -36,8 +36,13 @@ from ..models import (
 from ..report import write_report
 from ..runner import DEFAULT_CONCURRENCY_CAP, ItemResult, RunSummary, Window, run_items
 from ..secrets import MASK, Redactor, validate_private_key
-from .common import JobContext, list_scope, resolve_microtenants
-from .rotate import RotateProgress, _has_records
+from .common import (
+    JobContext,
+    JobProgressSink,
+    journal_has_records,
+    list_scope,
+    resolve_microtenants,
+)
 
 __all__ = [
     "IMPORT_COLUMNS",
@@ -50,7 +55,6 @@ __all__ = [
     "ImportRow",
     "PlanItem",
     "Reject",
-    "existing_plan",
     "import_credentials",
     "load_import_csv",
     "names_outside_ui_set",
@@ -695,7 +699,7 @@ async def import_credentials(
     opts: ImportOptions,
     source: ImportFile,
     *,
-    progress: RotateProgress | None = None,
+    progress: JobProgressSink | None = None,
     redactor: Redactor | None = None,
     confirm: Callable[[ImportPlan | None, int], bool] | None = None,
 ) -> ImportResult | None:
@@ -711,7 +715,7 @@ async def import_credentials(
     if source.rejects and not opts.skip_invalid:
         raise UsageError(source.problems_text())  # before any request, even a read
     client = ctx.client
-    prior = replay(opts.journal) if _has_records(opts.journal) else None
+    prior = replay(opts.journal) if journal_has_records(opts.journal) else None
     prior_header = (prior.header or {}) if prior is not None else {}
     salt_hex = prior_header.get("fingerprintSalt") if prior_header.get("kind") == KIND else None
     salt = bytes.fromhex(salt_hex) if isinstance(salt_hex, str) else _stdlib_secrets.token_bytes(16)
@@ -889,14 +893,6 @@ def _adopted(found: Credential, row: ImportRow) -> ItemResult:
     return ItemResult("done", http=200, data={"id": found.id, "adopted": True},
                       reason=f"created as id {found.id} (the create's answer was lost;"
                              " found by name, not sent again)")
-
-
-def existing_plan(journal: Path) -> JournalState | None:
-    """The journal's state if it holds a sealed plan (a dry run then shows where it stands)."""
-    if not _has_records(journal):
-        return None
-    state = replay(journal)
-    return state if state.planned else None
 
 
 def names_outside_ui_set(source: ImportFile) -> int:

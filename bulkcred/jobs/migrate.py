@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Protocol
+from typing import Any, Callable, Iterator, Mapping
 
 from .. import __version__
 from ..client import ZPAClient
@@ -25,8 +25,7 @@ from ..runner import (
     run_items,
 )
 from .audit import pick_microtenant, read_policy_references, read_tenant, rule_scopes
-from .common import JobContext, resolve_microtenants
-from .rotate import _has_records
+from .common import JobContext, JobProgressSink, journal_has_records, resolve_microtenants
 from .select import Selection
 
 __all__ = ["MigrateOptions", "MigratePlan", "MigrateResult", "migrate", "plan_migration"]
@@ -36,11 +35,6 @@ KIND = "migrate"
 #: source) before it is left uncertain for the next run to settle
 _MAX_UNKNOWN = 3
 
-
-class MigrateProgress(Protocol):
-    def start(self, total: int, already: int, eta: float) -> None: ...
-    def advance(self, key: str, result: ItemResult) -> None: ...
-    def finish(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -177,7 +171,7 @@ async def migrate(
     ctx: JobContext,
     opts: MigrateOptions,
     *,
-    progress: MigrateProgress | None = None,
+    progress: JobProgressSink | None = None,
     confirm: Callable[[int, bool, MigratePlan | None], bool] | None = None,
 ) -> MigrateResult | None:
     """Run (or resume) a migration and return its result (``None`` if ``confirm``
@@ -185,7 +179,7 @@ async def migrate(
     on a first run. Raises JobStopped on auth, permission or network failures.
     """
     client = ctx.client
-    prior = replay(opts.journal) if _has_records(opts.journal) else None
+    prior = replay(opts.journal) if journal_has_records(opts.journal) else None
     plan: MigratePlan | None = None
     if prior is None or not prior.planned:
         # planned before the journal exists, so that a declined prompt or a missing

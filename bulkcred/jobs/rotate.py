@@ -11,7 +11,7 @@ import secrets as _stdlib_secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from .. import __version__
 from ..csvio import read_csv
@@ -21,20 +21,19 @@ from ..models import Credential, CredentialSecret, CredentialType, Secret
 from ..report import write_report
 from ..runner import DEFAULT_CONCURRENCY_CAP, ItemResult, RunSummary, Window, run_items
 from ..secrets import Redactor, SecretSink, agenerate_ssh_key, generate_password, validate_private_key
-from .common import JobContext, resolve_microtenants, scope_credentials
+from .common import (
+    JobContext,
+    JobProgressSink,
+    journal_has_records,
+    resolve_microtenants,
+    scope_credentials,
+)
 from .select import Selection
 
 __all__ = ["RotateOptions", "RotatePlan", "RotateResult", "plan_rotation", "rotate"]
 
 KIND = "rotate"
 _GUARD_MIN = 8
-
-
-class RotateProgress(Protocol):
-    def start(self, total: int, already: int, eta: float) -> None: ...
-    def advance(self, key: str, result: ItemResult) -> None: ...
-    def note(self, text: str) -> None: ...
-    def finish(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -201,7 +200,7 @@ async def rotate(
     ctx: JobContext,
     opts: RotateOptions,
     *,
-    progress: RotateProgress | None = None,
+    progress: JobProgressSink | None = None,
     redactor: Redactor | None = None,
     confirm: Callable[[int, bool], bool] | None = None,
 ) -> RotateResult | None:
@@ -210,7 +209,7 @@ async def rotate(
     network failures; cancellation propagates. The journal stays consistent either way.
     """
     client = ctx.client
-    prior = replay(opts.journal) if _has_records(opts.journal) else None
+    prior = replay(opts.journal) if journal_has_records(opts.journal) else None
     plan: RotatePlan | None = None
     if prior is None or not prior.planned:
         # plan before the journal exists, so that a declined prompt leaves no journal
@@ -384,19 +383,3 @@ async def _verify(
             reason="the PUT was accepted but the listing does not show"
                    " lastCredentialResetTime moving; rerun with --retry-failed")
     return bad
-
-
-def _has_records(path: Path) -> bool:
-    try:
-        return path.stat().st_size > 0
-    except FileNotFoundError:
-        return False
-
-
-def dry_run_summary(journal_path: Path) -> dict[str, int] | None:
-    """Counts of a journal that already exists (for ``--dry-run`` of a resume)."""
-    if not _has_records(journal_path):
-        return None
-    state = replay(journal_path)
-    return state.counts() if state.planned else None
-
