@@ -186,3 +186,48 @@ async def test_token_expiry_mid_job(tmp_path: Path) -> None:
         # ~2 s of writes with 1 s tokens: a few sign-ins, never one per request
         assert 2 <= simstats["signins"] <= 8
         await assert_invariant(s.url, o)
+
+
+async def test_from_file_secrets_are_the_ones_zpa_holds(sim: SimServer, tmp_path: Path) -> None:
+    from bulkcred.secrets import generate_ssh_key
+
+    pem, _ = generate_ssh_key()
+    (tmp_path / "k.pem").write_text(pem.reveal())
+    csv = tmp_path / "new.csv"
+    csv.write_text(
+        "id,name,microtenantId,password,privateKeyFile\r\n"
+        "259,,,Correct-Horse-Battery-1,\r\n"
+        ",test-test-test-1,145260601092866314,\"pa,ss\"\"word-2\",\r\n"
+        "47,,,,k.pem\r\n", encoding="utf-8-sig")
+    o = opts(tmp_path, from_file=csv)
+    result, _ = await run(sim.url, o)
+    assert result.ok and result.done == 3
+    assert set(replay(o.journal).items) == {"259", "11262", "47"}
+    held = await assert_invariant(sim.url, o)
+    import hashlib
+
+    assert held["259"]["secretSha256"] == hashlib.sha256(b"Correct-Horse-Battery-1").hexdigest()
+    assert held["11262"]["secretSha256"] == hashlib.sha256(b'pa,ss"word-2').hexdigest()
+    assert held["47"]["secretSha256"] == hashlib.sha256(pem.reveal().encode()).hexdigest()
+
+
+@pytest.mark.parametrize("body,line,needle", [
+    ("id,password\n999999,x-password-1\n", 2, "no selected credential has id"),
+    ("id,password\n47,x-password-1\n", 2, "SSH_KEY credential"),
+    ("id,privateKey\n259,abc\n", 2, "give a password"),
+    ("id,password\n259,a-password-1\n259,a-password-2\n", 3, "named twice"),
+    ("id,pasword\n259,x\n", 1, "did you mean 'password'"),
+    ("id,privateKeyFile\n47,missing.pem\n", 2, "cannot read the key file"),
+])
+async def test_from_file_errors_name_the_line(sim: SimServer, tmp_path: Path, body: str,
+                                              line: int, needle: str) -> None:
+    from bulkcred.errors import InputError
+
+    csv = tmp_path / "bad.csv"
+    csv.write_text(body)
+    await sim_post(sim.url, "/_sim/stats/reset")
+    with pytest.raises(InputError) as info:
+        await run(sim.url, opts(tmp_path, from_file=csv))
+    assert info.value.line == line and needle in str(info.value)
+    assert (await sim_get(sim.url, "/_sim/stats"))["requests"]["write"] == 0
+    assert not (tmp_path / "j.journal").exists()
