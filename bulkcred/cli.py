@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, TypeVar
@@ -66,6 +67,11 @@ def _setup_logging(fmt: str, verbose: int, redactor: Redactor) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
     root.propagate = False
+    from .progress import set_line_format
+
+    set_line_format(fmt)
+    global _JSON_LINES
+    _JSON_LINES = fmt == "json"
 
 
 # ---------------------------------------------------------------------------------------
@@ -262,8 +268,21 @@ def _run(coro_fn: Callable[[], Awaitable[int]]) -> int:
     return code
 
 
+#: set by --log-format json: messages on stderr are JSON objects like the logs
+_JSON_LINES = False
+
+
+def _err(message: str, level: str = "info") -> None:
+    """A message for the operator on stderr (one JSON object with --log-format json)."""
+    if _JSON_LINES:
+        click.echo(orjson.dumps({"ts": round(time.time(), 3), "level": level,
+                                 "logger": "bulkcred", "msg": message}).decode(), err=True)
+    else:
+        click.echo(message, err=True)
+
+
 def _fail(message: str, code: int) -> int:
-    click.echo(f"bulkcred: {message}", err=True)
+    _err(f"bulkcred: {message}", "error")
     return code
 
 
@@ -286,12 +305,17 @@ def handle_errors(f: Callable[..., int]) -> Callable[..., None]:
                          EXIT_STOPPED)
         except BulkcredError as exc:
             code = _fail(str(exc), EXIT_USAGE)
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            code = _fail(f"{where}{exc.strerror or exc}. If a job was running, its journal"
+                         " is consistent: fix this and run the same command again.",
+                         EXIT_USAGE)
         except KeyboardInterrupt:
             code = _fail("interrupted; the journal is flushed: run the same command again to resume.",
                          EXIT_INTERRUPTED)
         if code == EXIT_INTERRUPTED:
-            click.echo("bulkcred: interrupted; the journal is flushed: run the same command again"
-                       " to resume.", err=True)
+            _err("bulkcred: interrupted; the journal is flushed: run the same command again"
+                 " to resume.", "warning")
         sys.exit(code)
 
     return wrapper
@@ -321,14 +345,15 @@ def _progress(label: str, client: Any) -> Any:
     return progress
 
 
-def _dry_run_of_resume(journal: Path) -> bool:
+def _dry_run_of_resume(journal: Path, header: Callable[[Any], Any]) -> bool:
     """For ``--dry-run`` on a journal that already holds a plan: say what is left.
 
-    A resume finishes the journal's plan, not a fresh one, so that is the plan to show.
+    A resume finishes the journal's plan, not a fresh one, so that is the plan to show;
+    a journal of another job is refused here just as the real run would refuse it.
     """
     from .jobs.common import planned_state
 
-    state = planned_state(journal)
+    state = planned_state(journal, header)
     if state is None:
         return False
     counts = ", ".join(f"{n} {st}" for st, n in state.counts().items() if n)
@@ -352,6 +377,30 @@ def _confirm(question: str, yes: bool) -> bool:
 # commands
 
 
+class _WritableFile(click.Path):
+    """A file the command will write: its folder must exist and be writable now, not
+    found out after a job of hours (exit 2, like any usage error)."""
+
+    name = "file"
+
+    def __init__(self) -> None:
+        super().__init__(dir_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        path = Path(super().convert(value, param, ctx)).expanduser()
+        folder = path.absolute().parent
+        if not folder.is_dir():
+            self.fail(f"the folder {folder} does not exist; create it first", param, ctx)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            self.fail(f"the folder {folder} is not writable", param, ctx)
+        if path.exists() and not os.access(path, os.W_OK):
+            self.fail(f"{path} exists and is not writable", param, ctx)
+        return path
+
+
+WRITABLE_FILE = _WritableFile()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="bulkcred")
 def cli() -> None:
@@ -366,16 +415,16 @@ def cli() -> None:
 
 @cli.command()
 @connection_options
-@click.option("--journal", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--journal", required=True, type=WRITABLE_FILE,
               help="Checkpoint journal; the same path resumes the job.")
-@click.option("--secrets-out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--secrets-out", required=True, type=WRITABLE_FILE,
               help="Secrets file (mode 0600, JSON lines, appended); the last line for an id is its secret.")
 @click.option("--select", "select", multiple=True, metavar="FILTER",
               help="name=GLOB, type=T, id=1,2, ids-from=FILE, older-than=90d; repeat to AND them.")
 @click.option("--microtenant", metavar="ID", help="Only this microtenant (0 = Default); default: the whole tenant.")
 @click.option("--from-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="CSV of new secrets (id or name+microtenantId; password, privateKey or privateKeyFile).")
-@click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--report", type=WRITABLE_FILE,
               help="Where to write the per-item report (default: JOURNAL.report.csv).")
 @click.option("--retry-failed", is_flag=True, help="On resume, try the items that failed before again.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
@@ -415,12 +464,12 @@ def rotate(journal: Path, secrets_out: Path, select: tuple[str, ...], microtenan
 
 async def _rotate_main(connection: Connection, opts: Any, *, dry_run: bool, yes: bool,
                        redactor: Redactor) -> int:
-    from .jobs.rotate import plan_rotation, rotate as rotate_job
+    from .jobs.rotate import job_header, plan_rotation, rotate as rotate_job
 
     async with connection.client() as client:
         ctx = _context(connection, client)
         if dry_run:
-            if _dry_run_of_resume(opts.journal):
+            if _dry_run_of_resume(opts.journal, lambda _: job_header(ctx, opts)):
                 return EXIT_OK
             plan = await plan_rotation(ctx, opts)
             _print_rotate_plan(plan.credentials, client.write_rate)
@@ -483,11 +532,11 @@ def _microtenant_arg(value: str | None, flag: str) -> str | None:
 @click.option("--from", "source", metavar="MT",
               help="The source microtenant id (0 = Default); default: wherever each selected"
                    " credential is now.")
-@click.option("--journal", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--journal", required=True, type=WRITABLE_FILE,
               help="Checkpoint journal; the same path resumes the job.")
 @click.option("--select", "select", multiple=True, metavar="FILTER",
               help="name=GLOB, type=T, id=1,2, ids-from=FILE, older-than=90d; repeat to AND them.")
-@click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--report", type=WRITABLE_FILE,
               help="Where to write the per-item report (default: JOURNAL.report.csv).")
 @click.option("--retry-failed", is_flag=True,
               help="On resume, try the items that failed before again (after detaching rules).")
@@ -524,12 +573,12 @@ def migrate(target: str, source: str | None, journal: Path, select: tuple[str, .
 
 
 async def _migrate_main(connection: Connection, opts: Any, *, dry_run: bool, yes: bool) -> int:
-    from .jobs.migrate import migrate as migrate_job, plan_migration
+    from .jobs.migrate import job_header, migrate as migrate_job, plan_migration
 
     async with connection.client() as client:
         ctx = _context(connection, client)
         if dry_run:
-            if not _dry_run_of_resume(opts.journal):
+            if not _dry_run_of_resume(opts.journal, lambda _: job_header(ctx, opts)):
                 _print_migrate_plan(await plan_migration(ctx, opts), client.write_rate,
                                     dry=True)
                 click.echo("nothing was sent.")
@@ -555,18 +604,50 @@ async def _migrate_main(connection: Connection, opts: Any, *, dry_run: bool, yes
             f" ({result.target.id}){' (resumed)' if result.resumed else ''}; {result.failed}"
             f" failed, {result.uncertain} unfinished; {stats.throttled} throttled responses"
         )
+        target = f"{result.target.name} ({result.target.id})"
         if result.refused:
             click.echo(f"{len(result.refused)} refused because credential policy rules inject"
                        " them (detach the rules, then run again with --retry-failed):")
-            for cid, rules in list(result.refused.items())[:20]:
-                click.echo(f"  {cid:>12}  rules: {', '.join(rules)}")
+            _echo_first(_migrate_rule_lines(result.refused))
+        if result.clashes:
+            click.echo(f"{len(result.clashes)} refused because a credential of the same name"
+                       f" exists in {target} (rename one of the two, then run again with"
+                       " --retry-failed):")
+            _echo_first(_migrate_clash_lines(result.clashes))
         if result.unconfirmed:
-            click.echo(f"{len(result.unconfirmed)} not confirmed by the final listing:"
-                       f" {', '.join(result.unconfirmed[:10])}")
+            click.echo(f"{len(result.unconfirmed)} that the journal records as moved are not"
+                       f" in {target} by the final listing (run again with --retry-failed to"
+                       " move them again):")
+            by_place: dict[str, list[str]] = {}
+            for cid, mt in result.unconfirmed.items():
+                place = (f"are in {mt.name} ({mt.id}) again, where they were moved from"
+                         if mt is not None else
+                         "are in neither the target nor their source (moved or deleted?)")
+                by_place.setdefault(place, []).append(cid)
+            for place, ids in by_place.items():
+                more = f" and {len(ids) - 10} more" if len(ids) > 10 else ""
+                click.echo(f"  {len(ids)} {place}: {', '.join(ids[:10])}{more}")
         click.echo(f"journal: {result.journal}")
         if result.report:
             click.echo(f"report:  {result.report}")
         return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _echo_first(lines: list[str], limit: int = 20) -> None:
+    """The first ``limit`` lines of a list, and how many more there are."""
+    for line in lines[:limit]:
+        click.echo(line)
+    if len(lines) > limit:
+        click.echo(f"  ... and {len(lines) - limit} more")
+
+
+def _migrate_rule_lines(refused: Mapping[str, list[str]]) -> list[str]:
+    return [f"  {cid:>12}  rules: {', '.join(rules)}" for cid, rules in refused.items()]
+
+
+def _migrate_clash_lines(clashes: Mapping[str, Any]) -> list[str]:
+    return [f"  {cid:>12}  {c.name}" + (f"  (same name as {c.other})" if c.other else "")
+            for cid, c in clashes.items()]
 
 
 def _print_migrate_plan(plan: Any, rate: Rate, *, dry: bool) -> None:
@@ -575,28 +656,43 @@ def _print_migrate_plan(plan: Any, rate: Rate, *, dry: bool) -> None:
     for c in creds:
         by_source[c.scope] = by_source.get(c.scope, 0) + 1
     names = {m.id: m.name for m in plan.sources}
-    froms = ", ".join(f"{names.get(mt, mt)} ({mt}): {n}" for mt, n in sorted(by_source.items()))
+    froms = {mt: f"{names.get(mt, mt)} ({mt})" for mt in sorted(by_source)}
+    if len(froms) == 1:
+        whence = f" from {next(iter(froms.values()))}"
+    elif froms:
+        # a count per source only when there are several: with one it repeats the total
+        whence = ": " + ", ".join(f"{by_source[mt]} from {f}" for mt, f in froms.items())
+    else:
+        whence = ""
     click.echo(f"{'dry run: ' if dry else ''}{len(creds)} credentials"
                f" {'would move' if dry else 'to move'} to {target.name} ({target.id})"
-               + (f" from {froms}" if creds else ""))
+               + whence)
     click.echo(f"at the write limit of {rate} that takes at least"
                f" {len(creds) / rate.per_second:.0f} s")
-    if plan.rules_problem:
-        click.echo(f"{plan.rules_problem}: refusals cannot be predicted")
-    elif plan.blocked:
-        click.echo(f"{len(plan.blocked)} of them are injected by credential policy rules; ZPA"
-                   " refuses to move those until the rules are detached:")
-        for cid, rules in list(plan.blocked.items())[:20]:
-            click.echo(f"  {cid:>12}  rules: {', '.join(rules)}")
     if not target.is_default and any(mt != "0" for mt in by_source):
         click.echo("note: ZPA documents moves between a microtenant and Default; a direct move"
                    " between two microtenants may be refused")
+    if plan.rules_problem or plan.blocked or plan.clashes:
+        at_least = "at least " if plan.rules_problem else ""
+        click.echo(f"\nexpected refusals: {at_least}{plan.refusals} of the {len(creds)} (they"
+                   " are sent"
+                   " all the same: fix the cause first, or afterwards and run again with"
+                   " --retry-failed)")
+        if plan.rules_problem:
+            click.echo(f"  {plan.rules_problem}: refusals by rules cannot be predicted")
+        elif plan.blocked:
+            click.echo(f"  {len(plan.blocked)} injected by credential policy rules; ZPA refuses"
+                       " to move those until the rules are detached:")
+            _echo_first(_migrate_rule_lines(plan.blocked))
+        if plan.clashes:
+            click.echo(f"  {len(plan.clashes)} will be refused: a credential of the same name"
+                       f" exists in the target, {target.name} ({target.id}); rename one of"
+                       " the two:")
+            _echo_first(_migrate_clash_lines(plan.clashes))
     if dry:
-        for c in creds[:20]:
-            click.echo(f"  {c.id:>12}  {c.credential_type.value:<17}  from {c.scope:<19}"
-                       f"  {c.display_name}")
-        if len(creds) > 20:
-            click.echo(f"  ... and {len(creds) - 20} more")
+        click.echo(f"\ncredentials in the plan ({len(creds)}):")
+        _echo_first([f"  {c.id:>12}  {c.credential_type.value:<17}  from {c.scope:<19}"
+                     f"  {c.display_name}" for c in creds])
 
 
 def _write_output(output: Path | None, data: bytes) -> None:
@@ -621,7 +717,7 @@ def _write_output(output: Path | None, data: bytes) -> None:
               default="table", show_default=True,
               help="table (terminal), csv (a row a finding), json (counts and findings), html"
                    " (one self-contained file with charts).")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--output", type=WRITABLE_FILE,
               help="Write here instead of stdout.")
 @click.option("--microtenant", metavar="ID",
               help="Only this microtenant (0 = Default); default: the whole tenant.")
@@ -680,7 +776,7 @@ async def _audit_main(connection: Connection, opts: Any, *, fmt: str,
 
 @cli.command()
 @connection_options
-@click.option("--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--output", required=True, type=WRITABLE_FILE,
               help="The CSV to write (put in place once every page is read).")
 @click.option("--microtenant", metavar="ID",
               help="Only this microtenant (0 = Default); default: the whole tenant.")
@@ -695,6 +791,11 @@ def export(output: Path, microtenant: str | None, select: tuple[str, ...], log_f
     passphrase, userDomain, description, microtenantId. The secret columns are empty
     (ZPA returns no secret): fill them in, and export -> edit -> import moves
     credentials between tenants.
+
+    The file (UTF-8 with a BOM) is data for import, not for a spreadsheet's formulas:
+    cells are written exactly as ZPA holds them, so a name starting with = + - or @ is
+    a formula to a spreadsheet. Edit it as text, or keep formulas off; `audit --format
+    csv` is the one made safe to open in a spreadsheet.
     """
     from .jobs.export import ExportOptions
     from .jobs.select import parse_selection
@@ -726,7 +827,7 @@ async def _export_main(connection: Connection, opts: Any) -> int:
 @cli.command("import")
 @connection_options
 @click.argument("csv_file", metavar="CSV", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--journal", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--journal", required=True, type=WRITABLE_FILE,
               help="Checkpoint journal; the same path (and the same CSV) resumes the job.")
 @click.option("--on-existing", type=click.Choice(["fail", "skip", "update"]), default="fail",
               show_default=True,
@@ -734,12 +835,12 @@ async def _export_main(connection: Connection, opts: Any) -> int:
                    " leave the credential as it is, or PUT the row over it.")
 @click.option("--skip-invalid", is_flag=True,
               help="Import the valid rows; the invalid ones go to --reject-file (exit 1).")
-@click.option("--reject-file", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--reject-file", type=WRITABLE_FILE,
               help="Where --skip-invalid writes the invalid rows, secrets masked"
                    " (default: JOURNAL.rejects.csv).")
 @click.option("--microtenant", metavar="ID",
               help="The microtenant of rows whose microtenantId is empty (default: Default).")
-@click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--report", type=WRITABLE_FILE,
               help="Where to write the per-row report (default: JOURNAL.report.csv).")
 @click.option("--dry-run", is_flag=True,
               help="Print the plan (create, update, skip, reject); send nothing.")
@@ -781,27 +882,29 @@ def import_(csv_file: Path, journal: Path, on_existing: str, skip_invalid: bool,
 
 async def _import_main(connection: Connection, opts: Any, source: Any, *, dry_run: bool,
                        yes: bool, redactor: Redactor) -> int:
-    from .jobs.importcsv import import_credentials, plan_import
+    from .jobs.importcsv import import_credentials, job_header, plan_import
+    from .text import plural
 
     async with connection.client() as client:
         ctx = _context(connection, client)
         if dry_run:
-            if _dry_run_of_resume(opts.journal):
+            if _dry_run_of_resume(opts.journal,
+                                  lambda prior: job_header(ctx, opts, source, prior)):
                 return EXIT_OK
             plan = await plan_import(ctx, source, opts)
             _print_import_plan(plan, opts, client.write_rate, redactor)
             refused = plan.rejects and not opts.skip_invalid
             if refused:
-                click.echo(f"bulkcred: the import would send nothing: {len(plan.rejects)}"
-                           " invalid rows (listed above); fix them, or pass --skip-invalid to"
-                           " import the valid rows", err=True)
+                click.echo("bulkcred: the import would send nothing:"
+                           f" {plural(len(plan.rejects), 'invalid row')} (listed above); fix"
+                           " them, or pass --skip-invalid to import the valid rows", err=True)
             if plan.refused:
                 click.echo(f"bulkcred: {redactor.redact(plan.refused_text())}", err=True)
             return EXIT_USAGE if refused or plan.refused else EXIT_OK
 
         def confirm(plan: Any, writes: int) -> bool:
             if plan is None:
-                question = f"Resume the import: {writes} rows left to send"
+                question = f"Resume the import: {plural(writes, 'row')} left to send"
             else:
                 click.echo(_import_summary(plan, opts), err=True)
                 question = (f"Create {len(plan.of('create'))} and update"
@@ -818,7 +921,7 @@ async def _import_main(connection: Connection, opts: Any, source: Any, *, dry_ru
             f"imported {opts.csv}{' (resumed)' if result.resumed else ''}: {result.created}"
             f" created, {result.updated} updated, {result.skipped} skipped, {result.rejected}"
             f" rejected, {result.failed} failed, {result.unfinished} unfinished;"
-            f" {client.stats().throttled} throttled responses")
+            f" {plural(client.stats().throttled, 'throttled response')}")
         click.echo(f"journal: {result.journal}")
         if result.report:
             click.echo(f"report:  {result.report}")
@@ -828,27 +931,32 @@ async def _import_main(connection: Connection, opts: Any, source: Any, *, dry_ru
 
 
 def _import_summary(plan: Any, opts: Any) -> str:
+    from .text import plural
+
     existing = {"fail": "any one stops the import before anything is sent",
                 "skip": "left as they are",
                 "update": "overwritten (full-object PUT)"}[opts.on_existing]
+    named = plural(plan.existing, "row names an existing credential",
+                   "rows name existing credentials")
     return (f"{len(plan.of('create'))} to create, {len(plan.of('update'))} to update,"
             f" {len(plan.of('skip'))} to skip, {len(plan.of('reject'))} rejected;"
-            f" {plan.existing} name existing credentials: --on-existing {opts.on_existing}"
-            f" ({existing})")
+            f" {named}: --on-existing {opts.on_existing} ({existing})")
 
 
 def _print_import_plan(plan: Any, opts: Any, rate: Rate, redactor: Redactor) -> None:
     from .jobs.importcsv import names_outside_ui_set
+    from .text import listed, plural
 
-    click.echo(f"dry run: {opts.csv}, {len(plan.items)} rows")
+    click.echo(f"dry run: {opts.csv}, {plural(plan.source.data_rows, 'row')}")
     click.echo("  " + _import_summary(plan, opts))
-    click.echo(f"at the write limit of {rate} the {plan.writes} writes take at least"
+    writes = plural(plan.writes, "write takes", "writes take")
+    click.echo(f"at the write limit of {rate} the {writes} at least"
                f" {plan.writes / rate.per_second:.0f} s")
     unsafe = names_outside_ui_set(plan.source)
     if unsafe:
-        click.echo(f"{unsafe} name{' uses' if unsafe == 1 else 's use'} characters outside the"
-                   " admin portal's set (letters, digits, . - _): the API takes them, the"
-                   " portal may not let them be edited")
+        click.echo(f"{plural(len(unsafe), 'name uses', 'names use')} characters outside the"
+                   f" admin portal's set (letters, digits, . - _), on {listed('line', unsafe)}:"
+                   " the API takes them, the portal may not let them be edited")
     for action in ("create", "update", "skip"):
         items = plan.of(action)
         if not items:
@@ -884,7 +992,7 @@ def status(journal: Path) -> int:
 @click.argument("journal", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True,
               help="csv (one row an item) or json (counts and items).")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--output", type=WRITABLE_FILE,
               help="Write here instead of stdout.")
 @handle_errors
 def report(journal: Path, fmt: str, output: Path | None) -> int:
@@ -912,7 +1020,7 @@ def report(journal: Path, fmt: str, output: Path | None) -> int:
 @click.option("--write-rate", default="10/10s", show_default=True, metavar="N/Ts", help="POST/PUT/DELETE limit (ZPA's is 10/10s).")
 @click.option("--token-ttl", default=3600.0, type=float, show_default=True, metavar="S", help="Token lifetime in seconds.")
 @click.option("--faults", default="", metavar="SPEC", help="e.g. 5xx=0.05,latency=20ms,409=0.02,lost=0.01,seed=1")
-@click.option("--state", type=click.Path(dir_okay=False, path_type=Path), help="Load/save the tenant here.")
+@click.option("--state", type=WRITABLE_FILE, help="Load/save the tenant here.")
 @click.option("--limit-mode", type=click.Choice(["sliding", "fixed"]), default="sliding", show_default=True,
               help="sliding: no more than N in any window (strict); fixed: ZPA's window opened by the first call.")
 @click.option("--policy-rules", default=0, type=int, show_default=True, help="Generated credential policy rules.")

@@ -64,10 +64,18 @@ def read_csv(
     except StopIteration:
         raise InputError("the file is empty; it needs a header row", file=name, line=1) from None
     except csv.Error as exc:
-        raise InputError(f"the header row is not valid CSV ({exc})", file=name, line=1) from None
+        raise _csv_error(exc, text, 1, name, "the header row is not valid CSV") from None
     header = [h.strip() for h in header]
     if not any(header):
         raise InputError("the first row must be a header naming the columns", file=name, line=1)
+    delimiter = _delimiter(header, allowed)
+    if delimiter is not None:
+        raise InputError(
+            f"the file seems to use {delimiter} as the delimiter; save it as comma-separated"
+            " CSV",
+            file=name,
+            line=1,
+        )
     seen: set[str] = set()
     for h in header:
         if not h:
@@ -112,7 +120,7 @@ def read_csv(
             except StopIteration:
                 return
             except csv.Error as exc:
-                raise InputError(f"not valid CSV ({exc})", file=name, line=start) from None
+                raise _csv_error(exc, text, start, name) from None
             line = start
             start = reader.line_num + 1
             if not cells or all(not c.strip() for c in cells):
@@ -128,6 +136,49 @@ def read_csv(
             yield CsvRow(line=line, values=values, raw=cells)
 
     return header, rows()
+
+
+def _delimiter(header: list[str], allowed: frozenset[str]) -> str | None:
+    """The delimiter a header seems to use instead of commas, as a message names it
+    ("';'", "tabs"): a cell holds a column name next to a ';' or a tab."""
+    for delimiter, called in ((";", "';'"), ("\t", "tabs")):
+        if any(part.strip() in allowed for cell in header if delimiter in cell
+               for part in cell.split(delimiter)):
+            return called
+    return None
+
+
+def _csv_error(exc: csv.Error, text: str, start: int, file: str,
+               what: str = "not valid CSV") -> InputError:
+    """The parse error of the record that starts on line ``start``, as the user can act
+    on it: the file ending inside a quoted cell names the line that cell opens on."""
+    if "unexpected end of data" not in str(exc):
+        return InputError(f"{what} ({exc})", file=file, line=start)
+    line = _open_quote_line(text, start)
+    return InputError(
+        f"{what}: the quoted cell that starts on line {line} never closes (the file ends"
+        " inside it); a quote is probably unclosed: close it (a quote inside a quoted"
+        ' cell is written twice: "")',
+        file=file,
+        line=line,
+    )
+
+
+def _open_quote_line(text: str, start: int) -> int:
+    """The line of the quote that opens the last quoted cell still open at the end of
+    ``text``, reading records from line ``start`` (as the csv module splits lines)."""
+    opened, quoted, cell_start, closed = start, False, True, False
+    lines = io.StringIO(text, newline="").readlines()
+    for number, line in enumerate(lines[start - 1:], start):
+        for ch in line:
+            if quoted:
+                quoted, closed = ch != '"', ch == '"'
+                continue
+            if ch == '"' and (cell_start or closed):  # after a closing quote: a doubled one
+                opened = number if cell_start else opened
+                quoted = True
+            cell_start, closed = ch in ",\r\n", False
+    return opened
 
 
 def _closest(word: str, options: frozenset[str]) -> str | None:

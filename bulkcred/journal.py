@@ -24,6 +24,7 @@ from .errors import JournalCorrupt, JournalError, JournalLocked, JournalMismatch
 from .secrets import SECRET_FIELDS
 
 __all__ = [
+    "verify_header",
     "FORMAT",
     "STATUSES",
     "ItemState",
@@ -522,7 +523,7 @@ def _open_locked(path: str, header: dict[str, Any], header_line: bytes
         rep = _replay_bytes(_read_all(fd), path)
         state = rep.state
         if state.header is not None:
-            _verify_header(path, state.header, header)
+            verify_header(path, state.header, header)
         # cut a torn record, or a plan that was never sealed, before anything is appended
         cut = 0 if state.header is None else rep.end if rep.unsealed_at is None else rep.unsealed_at
         if cut != os.fstat(fd).st_size:
@@ -540,7 +541,9 @@ def _open_locked(path: str, header: dict[str, Any], header_line: bytes
         raise
 
 
-def _verify_header(path: str, have: Mapping[str, Any], want: Mapping[str, Any]) -> None:
+def verify_header(path: str | os.PathLike[str], have: Mapping[str, Any],
+                  want: Mapping[str, Any]) -> None:
+    """Raise :class:`JournalMismatch` unless ``have`` is the header of the job ``want``."""
     diffs: list[str] = []
     for name in _IDENTITY:
         diffs += _differences(have.get(name, _ABSENT), want.get(name, _ABSENT), name)

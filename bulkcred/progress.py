@@ -9,6 +9,7 @@ import sys
 import time
 from typing import IO, Callable
 
+import orjson
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -19,9 +20,27 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from .runner import ItemResult
+from .runner import REJECT_ERROR_ID, ItemResult
 
-__all__ = ["JobProgress", "ReadProgress"]
+__all__ = ["JobProgress", "set_line_format", "ReadProgress"]
+
+
+_LINE_FORMAT = "text"
+
+
+def set_line_format(fmt: str) -> None:
+    """``json``: the plain progress lines (stderr without a terminal) become one JSON
+    object a line, like the logs beside them (``--log-format json``)."""
+    global _LINE_FORMAT
+    _LINE_FORMAT = fmt
+
+
+def _emit(stream: IO[str], text: str, **fields: object) -> None:
+    if _LINE_FORMAT == "json":
+        doc = {"ts": round(time.time(), 3), "level": "info", "logger": "bulkcred.progress",
+               "msg": text, **fields}
+        text = orjson.dumps(doc).decode()
+    print(text, file=stream, flush=True)
 
 
 def _fmt_secs(s: float) -> str:
@@ -32,7 +51,8 @@ def _fmt_secs(s: float) -> str:
 
 
 class JobProgress:
-    """Counts items, shows done/failed, the limit-implied ETA and server pauses."""
+    """Counts items, shows done/failed (and rejected/skipped), the limit-implied ETA and
+    server pauses."""
 
     def __init__(
         self,
@@ -54,14 +74,20 @@ class JobProgress:
         self.total = 0
         self.done = 0
         self.failed = 0
+        self.rejected = 0
+        self.skipped = 0
         self._last_line = 0.0
         self._paused_until = 0.0
         self._note = ""
 
     # -- RotateProgress protocol ------------------------------------------------------
-    def start(self, total: int, already: int, eta: float) -> None:
+    def start(self, total: int, already: int, eta: float, *, failed: int = 0,
+              rejected: int = 0, skipped: int = 0) -> None:
+        """``already``: the items finished before this run, ``failed``, ``rejected`` and
+        ``skipped`` of them included."""
         self.total = total
-        self.done = already
+        self.failed, self.rejected, self.skipped = failed, rejected, skipped
+        self.done = already - failed - rejected - skipped
         if not self._enabled:
             return
         if self._tty:
@@ -78,17 +104,22 @@ class JobProgress:
             )
             self._bar.start()
             self._task = self._bar.add_task(
-                self.label, total=total, completed=already, failed="", eta=_fmt_secs(eta),
+                self.label, total=total, completed=already, failed=self._bar_outcomes(),
+                eta=_fmt_secs(eta),
                 note="",
             )
         else:
             self._line(force=True)
 
     def advance(self, key: str, result: ItemResult) -> None:
-        if result.status == "failed":
-            self.failed += 1
-        else:
+        if result.status == "skipped":
+            self.skipped += 1
+        elif result.status != "failed":
             self.done += 1
+        elif result.error_id == REJECT_ERROR_ID:
+            self.rejected += 1
+        else:
+            self.failed += 1
         self._refresh()
 
     def paused(self, cls: str, seconds: float) -> None:
@@ -109,8 +140,21 @@ class JobProgress:
             self._line(force=True)
 
     # -- rendering -------------------------------------------------------------------
+    @property
+    def finished(self) -> int:
+        return self.done + self.failed + self.rejected + self.skipped
+
+    def outcomes(self) -> str:
+        """The finished items that are not done: "1 failed, 29 rejected, 2 skipped"."""
+        return ", ".join([f"{self.failed} failed"] + [
+            f"{n} {what}" for n, what in ((self.rejected, "rejected"), (self.skipped, "skipped"))
+            if n])
+
+    def _bar_outcomes(self) -> str:
+        return ("[red]" if self.failed else "") + self.outcomes()
+
     def eta(self) -> float:
-        remaining = max(0, self.total - self.done - self.failed)
+        remaining = max(0, self.total - self.finished)
         wait = max(0.0, self._paused_until - time.monotonic())
         return remaining * self._per_item() + wait
 
@@ -127,8 +171,8 @@ class JobProgress:
         if self._bar is not None and self._task is not None:
             self._bar.update(
                 self._task,
-                completed=self.done + self.failed,
-                failed=f"[red]{self.failed} failed" if self.failed else "",
+                completed=self.finished,
+                failed=self._bar_outcomes(),
                 eta=_fmt_secs(self.eta()),
                 note=self._current_note(),
             )
@@ -141,12 +185,14 @@ class JobProgress:
             return
         self._last_line = now
         note = self._current_note()
-        print(
-            f"{self.label}: {self.done + self.failed}/{self.total}"
-            f" ({self.failed} failed), ETA {_fmt_secs(self.eta())}"
-            + (f", {note}" if note else ""),
-            file=self._stream,
-            flush=True,
+        eta = self.eta()
+        _emit(
+            self._stream,
+            f"{self.label}: {self.finished}/{self.total}"
+            f" ({self.outcomes()}), ETA {_fmt_secs(eta)}" + (f", {note}" if note else ""),
+            job=self.label, done=self.done, failed=self.failed, rejected=self.rejected,
+            skipped=self.skipped, total=self.total,
+            eta=round(eta, 1),
         )
 
 
@@ -193,11 +239,11 @@ class ReadProgress:
             now = time.monotonic()
             if force or now - self._last_line >= self._interval:
                 self._last_line = now
-                print(self._text(), file=self._stream, flush=True)
+                _emit(self._stream, self._text(), job=self.label, read=self.credentials)
 
     def finish(self) -> None:
         if self._status is not None:
             self._status.stop()
             self._status = None
         if self._enabled:
-            print(self._text(), file=self._stream, flush=True)
+            _emit(self._stream, self._text(), job=self.label, read=self.credentials)

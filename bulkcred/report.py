@@ -90,8 +90,17 @@ def status_text(state: JournalState, path: Path) -> str:
     if remaining:
         lines.append(f"next:      {remaining} items left; run the same command again to resume")
     elif counts.get("failed"):
-        lines.append("next:      some items failed; see `bulkcred report` for why, and rerun"
-                     " with --retry-failed once fixed")
+        lines.append("next:      " + _after_failures(header.get("kind")))
     elif finished:
         lines.append("next:      nothing; the job is complete")
     return "\n".join(lines)
+
+
+def _after_failures(kind: object) -> str:
+    if kind == "import":
+        # a refused row cannot be sent again under the same plan: the CSV is the plan
+        return ("some rows failed; `bulkcred report` says why. Fix those rows and import"
+                " them with a new --journal (--on-existing skip leaves the rows already"
+                " created alone)")
+    return ("some items failed; `bulkcred report` says why. Once fixed, run the same"
+            " command with --retry-failed")

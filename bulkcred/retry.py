@@ -150,7 +150,9 @@ def classify_sign_in(status: int | None, exc: BaseException | None, *,
     transport error, 429 or 5xx is retried; a 4xx is a refusal."""
     if exc is not None:
         if isinstance(exc, TransportError):
-            return Decision(Action.RETRY, why="sign-in answer lost")
+            if not exc.maybe_sent:
+                return Decision(Action.RETRY, why=str(exc))
+            return Decision(Action.RETRY, why=f"sign-in answer lost: {exc}")
         return Decision(Action.FAIL, why=type(exc).__name__)
     if status is None:
         raise ValueError("classify_sign_in needs a status or an exception")

@@ -27,6 +27,7 @@ from .journal import Journal
 
 __all__ = [
     "DEFAULT_CONCURRENCY_CAP",
+    "REJECT_ERROR_ID",
     "ItemResult",
     "JobStopped",
     "Progress",
@@ -37,6 +38,9 @@ __all__ = [
 
 #: The most requests a job keeps in flight unless ``--concurrency`` says otherwise.
 DEFAULT_CONCURRENCY_CAP = 64
+#: The error id of an item that was never sent because its input is invalid (an import's
+#: bad row): a failed item in the journal, and a rejected one in every count shown.
+REJECT_ERROR_ID = "bulkcred.invalid.row"
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,6 +115,41 @@ def test_renderers_shape() -> None:
     assert "By microtenant" in buf.getvalue() and "rule-9" in buf.getvalue()
 
 
+def test_csv_cells_never_start_a_spreadsheet_formula() -> None:
+    """OWASP's CSV injection advice: a text cell starting with = + - @ tab or CR gets a
+    leading quote, so a spreadsheet shows it instead of evaluating it."""
+    hostile = ['=HYPERLINK("http://evil","x")', "+1+1", "-2+3", "@SUM(A1)", "\tcmd", "\rcmd"]
+    evil = Microtenant(id="66", name="=evil")
+    b = AuditBuilder(microtenants=[A, evil], now=NOW, stale_days=90)
+    for i, name in enumerate(hostile, 1):
+        b.add(cred(str(i), name, created=NOW - DAY, reset=NOW))
+    b.add(cred("50", "plain-name", "66", created=NOW - 400 * DAY, reset=NOW - 400 * DAY))
+    r = b.result(references={}, rules_problem=None, tenant={})
+    rows = list(csv.DictReader(io.StringIO(render_csv(r), newline="")))
+    names = {row["id"]: row["name"] for row in rows}
+    assert [names[str(i)] for i in range(1, len(hostile) + 1)] == ["'" + n for n in hostile]
+    assert names["50"] == "plain-name"
+    assert {row["microtenantName"] for row in rows if row["id"] == "50"} == {"'=evil"}
+    assert {row["ageDays"] for row in rows if row["id"] == "50"} == {"400"}
+    assert not [v for row in rows for v in row.values() if v[:1] in "=+-@\t\r" and v]
+    # the JSON is for machines: the names as they are
+    assert {f["name"] for f in orjson.loads(render_json(r))["findings"]} >= set(hostile)
+
+
+def test_table_lists_the_oldest_stale_credentials_first() -> None:
+    b = AuditBuilder(microtenants=[A, B], now=NOW, stale_days=90)
+    for cid, name, days in (("1", "aaa-recent", 100), ("2", "bbb-oldest", 900),
+                            ("3", "ccc-old", 400), ("4", "ddd-older", 700)):
+        b.add(cred(cid, name, created=NOW - days * DAY, reset=NOW - days * DAY))
+    r = b.result(references={}, rules_problem=None, tenant={})
+    buf = io.StringIO()
+    Console(file=buf, width=160).print(table_view(r, per_kind=3))
+    stale = buf.getvalue().split("stale (4)")[1].split("never_rotated (")[0]
+    shown = [n for n in ("aaa-recent", "bbb-oldest", "ccc-old", "ddd-older") if n in stale]
+    assert sorted(shown, key=stale.index) == ["bbb-oldest", "ddd-older", "ccc-old"]
+    assert "and 1 more" in stale
+
+
 # --- a 20,000-credential tenant --------------------------------------------------------
 
 SAFE = re.compile(r"[A-Za-z0-9._-]+")

@@ -111,3 +111,50 @@ def test_empty_tenant_and_unreadable_rules_still_render() -> None:
     page = render_html(result)
     assert "No credentials: nothing to chart." in page
     assert "the rules could not be read" in page and ">n/a<" in page
+
+
+#: appended to a report: after a sort (its arrow widens a header), how far each table
+#: reaches past its box, and how far the last header cell ends past the table's box
+_MEASURE = """<script>
+document.querySelectorAll("table.sortable thead th:last-child").forEach(function(th){th.click();});
+var out=[];
+document.querySelectorAll(".tablewrap").forEach(function(w){
+  var t=w.querySelector("table"),last=t.querySelector("thead th:last-child");
+  out.push(t.id+"="+(w.scrollWidth-w.clientWidth)+","+
+           Math.round(last.getBoundingClientRect().right-w.getBoundingClientRect().right));});
+document.body.setAttribute("data-overflow",out.join(" "));
+</script></body>"""
+
+
+@pytest.mark.parametrize("width", [1400, 1024])
+def test_tables_fit_a_laptop_screen(tmp_path: Path, width: int) -> None:
+    from bulkcred.jobs.audit import AuditBuilder
+    from bulkcred.jobs.audit_html import render_html
+    from bulkcred.models import Credential, CredentialType, Microtenant
+
+    now = 1_800_000_000
+    mts = [Microtenant(id="0", name="Default"),
+           Microtenant(id="145260601092866314", name="Scope C"),
+           Microtenant(id="145260601092866315", name="Scope D (EMEA operations)")]
+    b = AuditBuilder(microtenants=mts, now=now, stale_days=90)
+    types = list(CredentialType)
+    for i in range(3000):
+        ts = now - (i % 1500) * 86400
+        b.add(Credential(id=str(20000 + i), name=f"srv-admin-{i % 2900:05d}",
+                         credential_type=types[i % len(types)],
+                         microtenant_id=None if i % 3 == 0 else mts[i % 3].id,
+                         creation_time=ts, last_credential_reset_time=ts + (i % 2)))
+    result = b.result(references={}, rules_problem=None,
+                      tenant={"customerId": "216196257331281920", "baseUrl": "https://x"})
+    page = tmp_path / "audit.html"
+    page.write_text(render_html(result).replace("</body>", _MEASURE), encoding="utf-8")
+    dom = open_in_chromium(page, tmp_path / "profile", "--dump-dom",
+                           f"--window-size={width},1000")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    found = re.search(r'data-overflow="([^"]*)"', dom.stdout)
+    assert found, "the measuring script did not run"
+    overflow = {t: [int(v) for v in px.split(",")]
+                for t, px in (item.split("=") for item in found.group(1).split())}
+    assert set(overflow) == {"mt-table", "findings-table"}
+    # no scrollbar, and "Oldest (days)" is not cut off behind one
+    assert all(v <= 0 for px in overflow.values() for v in px), overflow

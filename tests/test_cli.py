@@ -117,6 +117,28 @@ def test_mismatched_journal_is_refused(sim_thread, tmp_path: Path) -> None:
     proc = run_cli(_rotate(tmp_path, "--yes", "--select", "type=SSH_KEY"), env)
     assert proc.returncode == 2
     assert "j.journal" in proc.stderr
+    # a dry run refuses it too, before reading the tenant: a runbook may gate on it
+    dry = run_cli(_rotate(tmp_path, "--dry-run", "--select", "type=SSH_KEY"), env)
+    assert dry.returncode == 2 and "belongs to a different job" in dry.stderr
+
+
+def test_unwritable_output_is_a_usage_error(tmp_path: Path) -> None:
+    proc = run_cli(["rotate", "--journal", str(tmp_path / "nope" / "j.journal"),
+                    "--secrets-out", str(tmp_path / "s.jsonl"), "--yes"], cli_env("http://127.0.0.1:9"))
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    proc = run_cli(["audit", "--output", str(tmp_path / "nope" / "a.html")], cli_env("http://127.0.0.1:9"))
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_json_log_format_is_one_object_a_line(sim_thread, tmp_path: Path) -> None:
+    s = sim_thread(credentials=5, seed=1)
+    proc = run_cli(_rotate(tmp_path, "--yes", "--log-format", "json", "-v"), cli_env(s.url))
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines
+    for line in lines:
+        doc = orjson.loads(line)
+        assert {"ts", "level", "msg"} <= set(doc)
 
 
 def test_long_server_pause_stops_resumably(sim_thread, tmp_path: Path) -> None:

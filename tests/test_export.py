@@ -1,5 +1,5 @@
-"""Export: every credential's metadata as an import-compatible CSV (plain RFC 4180, secret
-columns present and empty), read back by the CSV reader that import uses."""
+"""Export: every credential's metadata as an import-compatible CSV (RFC 4180 in UTF-8 with
+a BOM, secret columns present and empty), read back by the CSV reader that import uses."""
 
 from __future__ import annotations
 
@@ -77,7 +77,11 @@ async def test_export_round_trips_through_the_import_reader(tmp_path: Path, esca
         assert all(row[c] == "" for c in SECRET_COLUMNS), key
         assert {k: row[k] for k in exp} == exp, key
     raw = out.read_bytes()
-    assert raw.startswith(",".join(IMPORT_COLUMNS).encode() + b"\r\n")
+    # the BOM tells Excel the file is UTF-8 (it garbles "ünïcode · ключ" without one)
+    assert raw.startswith(b"\xef\xbb\xbf" + ",".join(IMPORT_COLUMNS).encode() + b"\r\n")
+    assert raw.count(b"\xef\xbb\xbf") == 1
+    # written as data, not defused for a spreadsheet: import must get the text back as is
+    assert "'=cmd" not in raw.decode("utf-8-sig")
     assert not list(tmp_path.glob(".*.tmp"))
 
 
@@ -98,6 +102,14 @@ def test_cli_export_one_microtenant_with_a_selection(sim_thread, tmp_path: Path)
     stats = run_cli(["export", "--output", str(tmp_path / "x.csv"), "--microtenant", "5"],
                     cli_env(s.url))
     assert stats.returncode == 2 and not (tmp_path / "x.csv").exists()
+
+
+def test_cli_export_help_says_the_file_is_data_not_for_spreadsheet_formulas() -> None:
+    proc = run_cli(["export", "--help"], {})
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert "data for import, not for a spreadsheet's formulas" in text
+    assert "UTF-8 with a BOM" in text
 
 
 
@@ -129,7 +141,8 @@ def test_export_edit_import_moves_credentials_between_tenants(sim_thread, tmp_pa
             row["password"] = f"Imported-Passw0rd-{n:04d}"
         w.writerow(row)
     filled = tmp_path / "b.csv"
-    filled.write_text(edited.getvalue(), encoding="utf-8", newline="")
+    # with a BOM, as the export wrote it and as Excel's "CSV UTF-8" saves it
+    filled.write_text(edited.getvalue(), encoding="utf-8-sig", newline="")
     imp = run_cli(["import", str(filled), "--journal", str(tmp_path / "i.journal"), "--yes"],
                   cli_env(target.url))
     assert imp.returncode == 0, imp.stdout + imp.stderr

@@ -448,7 +448,8 @@ def test_cli_dry_run_then_import_and_no_secret_anywhere(sim_thread, tmp_path: Pa
     exists = run_cli(["import", csv_, "--journal", str(tmp_path / "second.journal"),
                       "--dry-run", "--skip-invalid"], env)
     assert exists.returncode == 2
-    assert "24 name existing credentials: --on-existing fail" in exists.stdout
+    assert "24 rows name existing credentials: --on-existing fail" in exists.stdout
+    assert f"dry run: {csv_}, 26 rows\n" in exists.stdout  # the refused rows are rows too
     assert "24 rows name credentials that exist already" in exists.stderr
     assert "line 2 'imp-00000' (id " in exists.stderr
 
@@ -463,3 +464,104 @@ async def test_microtenant_option_places_rows_without_one(empty_sim: SimServer, 
     assert result.ok and result.created == 6
     names = await tenant_names(empty_sim.url)
     assert names == {((SCOPE_D if not r["microtenantId"] else "0"), r["name"]): 1 for r in rows}
+
+
+def test_counts_agree_with_their_nouns_and_lines_are_named() -> None:
+    from bulkcred.text import listed, plural
+
+    assert [plural(n, "row") for n in (0, 1, 2)] == ["0 rows", "1 row", "2 rows"]
+    assert plural(1, "row names", "rows name") == "1 row names"
+    assert plural(3, "row names", "rows name") == "3 rows name"
+    assert listed("line", [4]) == "line 4"
+    assert listed("line", [4, 9, 12]) == "lines 4, 9 and 12"
+    assert listed("line", range(2, 10)) == "lines 2, 3, 4, 5, 6 and 3 more"
+
+
+def test_cli_plan_wording_counts_and_the_offline_microtenant_note(sim_thread, tmp_path: Path
+                                                                   ) -> None:
+    s = sim_thread(microtenants=2, seed=5, examples=False)
+    env = cli_env(s.url)
+    create_via_api(s.url, {"name": "taken", "credentialType": "PASSWORD",
+                           "password": "someone-else"})
+    pw = {"credentialType": "PASSWORD", "password": "a-good-password"}
+    write_import_csv([{"name": "taken", **pw},  # line 2: exists (--on-existing fail)
+                      {"name": "bad-1", "userName": "nobody", **pw},  # line 3: invalid
+                      {"name": "web ok", **pw},  # line 4: outside the portal's set
+                      {"name": "elsewhere", "microtenantId": "999", **pw}],  # line 5
+                     tmp_path / "in.csv")
+    csv_, journal = str(tmp_path / "in.csv"), str(tmp_path / "import.journal")
+
+    offline = run_cli(["import", csv_, "--journal", journal, "--yes"], env)
+    assert offline.returncode == 2
+    assert f"{csv_}: 1 invalid row; nothing was sent:" in offline.stderr
+    # the 999 row is refused only online: the offline list says so
+    assert ("Microtenant ids are checked against the tenant only once the file is otherwise"
+            " valid (1 valid row goes outside Default); --dry-run checks them now."
+            in offline.stderr)
+
+    dry = run_cli(["import", csv_, "--journal", journal, "--dry-run"], env)
+    assert dry.returncode == 2
+    assert f"dry run: {csv_}, 4 rows\n" in dry.stdout  # the existing name's row counts too
+    assert ("1 to create, 0 to update, 0 to skip, 2 rejected; 1 row names an existing"
+            " credential: --on-existing fail" in dry.stdout)
+    assert "the 1 write takes at least" in dry.stdout
+    assert "1 name uses characters outside the admin portal's set" in dry.stdout
+    assert "(letters, digits, . - _), on line 4: the API takes them" in dry.stdout
+    assert "line 5, column 'microtenantId': microtenant 999 does not exist" in dry.stdout
+    assert "the import would send nothing: 2 invalid rows (listed above)" in dry.stderr
+    assert "1 row names credentials that exist already" in dry.stderr
+    assert not (tmp_path / "import.journal").exists()
+
+
+async def test_progress_counts_rejects_skips_and_earlier_failures(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    import io
+
+    from bulkcred.progress import JobProgress
+
+    bad = {"name": "bad-1", "credentialType": "PASSWORD", "userName": "nobody",
+           "password": "secret-of-bad-1"}
+    write_import_csv([bad] + valid_rows(6), tmp_path / "in.csv")
+    real_outcome = Journal.outcome
+    calls = 0
+
+    async def outcome(self: Journal, *a: Any, **kw: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 5:
+            raise Crash  # imp-00003 was created; its outcome never reached the journal
+        await real_outcome(self, *a, **kw)
+
+    def confirm(plan: Any, writes: int) -> bool:
+        # another admin takes imp-00002's name between the plan and the apply
+        create_via_api(s.url, {"name": "imp-00002", "credentialType": "PASSWORD",
+                               "password": "someone-else"})
+        return True
+
+    def progress() -> tuple[JobProgress, io.StringIO]:
+        out = io.StringIO()
+        return JobProgress("import", per_item_seconds=lambda: 0.0, stream=out, interval=0), out
+
+    o = options(tmp_path, skip_invalid=True, on_existing="skip")
+    with SimServer.in_thread(sim_config(microtenants=2, seed=1, examples=False)) as s:
+        create_via_api(s.url, {"name": "imp-00005", "credentialType": "PASSWORD",
+                               "password": "someone-else"})  # skipped
+        first, out = progress()
+        with monkeypatch.context() as m:
+            m.setattr(Journal, "outcome", outcome)
+            with pytest.raises(Crash):
+                await run_import(s.url, o, concurrency=1, confirm=confirm, progress=first)
+        lines = out.getvalue().splitlines()
+        # rejects are not failures: the first line counted a rejected row as failed
+        assert lines[0].startswith("import: 0/7 (0 failed), ETA")
+        assert lines[1].startswith("import: 1/7 (0 failed, 1 rejected), ETA")
+        assert lines[-1].startswith("import: 4/7 (1 failed, 1 rejected), ETA")
+
+        again, out = progress()
+        result = await run_import(s.url, o, progress=again)
+    lines = out.getvalue().splitlines()
+    # the resume starts from what the journal holds: the earlier failure is still one
+    assert lines[0].startswith("import: 4/7 (1 failed, 1 rejected), ETA")
+    assert lines[-1] == "import: 7/7 (1 failed, 1 rejected, 1 skipped), ETA 0:00"
+    assert (result.created, result.failed, result.rejected, result.skipped) == (4, 1, 1, 1)

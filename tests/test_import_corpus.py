@@ -109,7 +109,22 @@ CASES: dict[str, Case] = {
     "not-utf8": Case(raw(b"name,credentialType,password\nweb-1,PASSWORD,pw\ncaf\xe9,PASSWORD,x\n"),
                      3, None, "the file is not UTF-8", True),
     "unterminated-quote": Case(raw(b'name,credentialType,password\nweb-1,PASSWORD,pw\n'
-                                   b'"web-2,PASSWORD,pw\n'), 3, None, "not valid CSV", True),
+                                   b'"web-2,PASSWORD,pw\nweb-3,PASSWORD,pw\n'), 3, None,
+                               "not valid CSV: the quoted cell that starts on line 3 never"
+                               " closes (the file ends inside it); a quote is probably"
+                               " unclosed", True),
+    # the record starts on line 3; its multi-line cell closes, the next one never does
+    "unterminated-quote-later-cell": Case(raw(b'name,credentialType,description,password\n'
+                                              b'web-1,PASSWORD,,pw\n'
+                                              b'web-2,PASSWORD,"two\nlines","pw\n'
+                                              b'web-3,PASSWORD,,pw\n'), 4, None,
+                                          "the quoted cell that starts on line 4 never closes",
+                                          True),
+    "semicolon-delimiter": Case(raw(b"name;credentialType;password\nweb-1;PASSWORD;pw\n"), 1,
+                                None, "the file seems to use ';' as the delimiter; save it as"
+                                " comma-separated CSV", True),
+    "tab-delimiter": Case(raw(b"name\tcredentialType\tpassword\nweb-1\tPASSWORD\tpw\n"), 1,
+                          None, "the file seems to use tabs as the delimiter", True),
     # --- one row
     "wrong-cell-count": Case(raw(HEADER + b"\r\nweb-ok,PASSWORD,,pw-123456,,,,,,\r\n"
                                  b"web-2,PASSWORD,,pw,with,comma,,,,,\r\n"), 3, None,
@@ -188,6 +203,10 @@ CASES: dict[str, Case] = {
                                 "microtenantId", "microtenantId '12ab' is not a microtenant id"),
     "microtenant-negative": Case(rows({**UP, "name": "a", "microtenantId": "-5"}), 3,
                                  "microtenantId", "'-5' is not a microtenant id"),
+    "microtenant-excel": Case(rows({**UP, "name": "a", "microtenantId": "1.45261E+17"}), 3,
+                              "microtenantId", "microtenantId '1.45261E+17' is not a"
+                              " microtenant id: Excel turned the id into a number; format the"
+                              " column as Text and re-enter it"),
     "microtenant-overflow": Case(rows({**UP, "name": "a", "microtenantId": "9" * 20}), 3,
                                  "microtenantId", "is not a microtenant id"),
     "duplicate-name-case": Case(rows({**UP, "name": "WEB-OK"}), 3, "name",

@@ -12,10 +12,11 @@ import pytest
 
 from bulkcred.errors import UsageError
 from bulkcred.jobs.common import JobContext
-from bulkcred.jobs.migrate import MigrateOptions, migrate, plan_migration
+from bulkcred.jobs.migrate import MigrateOptions, NameClash, migrate, plan_migration
 from bulkcred.jobs.select import parse_selection
 from bulkcred.journal import replay
 from bulkcred.sim import SimServer
+from bulkcred.sim.tenant import Credential as SimCredential
 from bulkcred.sim.tenant import PolicyRule as SimRule
 
 from .conftest import cli_env, make_client, run_cli, sim_config, sim_get, sim_post
@@ -188,6 +189,75 @@ async def test_policy_references_are_predicted_and_refusals_name_the_rules(
                       (await sim_get(sim.url, "/_sim/stats"))["writesByCredential"])
 
 
+def add_namesake(tenant: Any, name: str, mt: int) -> str:
+    """A credential of ``name`` in microtenant ``mt`` (the simulator's own state); its id."""
+    ident = tenant.allocate_id()
+    tenant.load_credentials([SimCredential(
+        id=ident, name=name, credential_type="PASSWORD", microtenant_id=mt,
+        secret_sha256="0", creation_time=1, reset_time=1, modified_by="1")])
+    return str(ident)
+
+
+async def test_name_clashes_in_the_target_are_predicted_and_explained(
+        sim: SimServer, tmp_path: Path) -> None:
+    ids = await movable(sim.url, SCOPE_C, "0")
+    names = {c["id"]: c["name"] for c in await sim_get(sim.url, "/_sim/credentials")}
+    clash = next(i for i in ids if "-" in names[i])
+    name = names[clash]
+    # another case and an entity for a character: still the same name to ZPA
+    other = add_namesake(sim.state, name.upper().replace("-", "&#x2d;"), 0)
+    o = opts(tmp_path, "0", SCOPE_C, ids)
+    plan = await _plan(sim.url, o)
+    assert plan.clashes == {clash: NameClash(name, other)}
+    assert plan.refusals == 1 and len(plan.credentials) == len(ids)  # still planned
+    assert dict(plan.items())[clash]["clashesWith"] == other
+
+    out = await run(sim.url, o)
+    assert not out.ok and out.failed == 1 and out.done == len(ids) - 1
+    assert out.clashes == {clash: NameClash(name, other)} and out.refused == {}
+    failed = replay(o.journal).states[clash].last_outcome
+    assert failed["errorId"] == "resource.already.exist"
+    assert f"rename it or credential {other} of the same name" in failed["reason"]
+    assert "--retry-failed" in failed["reason"]
+
+    # the namesake removed from the target: --retry-failed moves it
+    sim.state.delete(other, 0)
+    again = await run(sim.url, opts(tmp_path, "0", SCOPE_C, ids, retry_failed=True))
+    assert again.ok and again.clashes == {} and (await owners(sim.url))[clash] == "0"
+
+
+async def test_the_final_listing_checks_the_moves_of_earlier_runs(
+        sim: SimServer, tmp_path: Path) -> None:
+    ids = (await movable(sim.url, SCOPE_C, "0"))[:4]
+    first = await run(sim.url, opts(tmp_path, "0", SCOPE_C, ids, name="a.journal"))
+    assert first.ok and first.done == 4
+    # since then: two moved back by another job, one deleted, one left in the target
+    back = await run(sim.url, opts(tmp_path, SCOPE_C, "0", ids[:2], name="b.journal"))
+    assert back.ok
+    sim.state.delete(ids[2], 0)
+
+    again = await run(sim.url, opts(tmp_path, "0", SCOPE_C, ids, name="a.journal"))
+    assert again.resumed and not again.ok
+    assert again.done == 1 and again.failed == 3
+    assert {k: (m.id if m else None) for k, m in again.unconfirmed.items()} == {
+        ids[0]: SCOPE_C, ids[1]: SCOPE_C, ids[2]: None}
+    state = replay(tmp_path / "a.journal")
+    assert state.status(ids[3]) == "done"
+    back_reason = state.states[ids[0]].last_outcome["reason"]
+    assert state.states[ids[0]].last_outcome["errorId"] == "bulkcred.unconfirmed"
+    assert f"it is in microtenant {SCOPE_C} (Scope C) again" in back_reason
+    assert "nor does the listing" in state.states[ids[2]].last_outcome["reason"]
+
+    # as the reason says: --retry-failed moves the two back again, once each
+    fixed = await run(sim.url, opts(tmp_path, "0", SCOPE_C, ids, name="a.journal",
+                                    retry_failed=True))
+    assert fixed.done == 3 and fixed.failed == 1 and not fixed.unconfirmed
+    where = await owners(sim.url)
+    assert [where.get(i) for i in ids] == ["0", "0", None, "0"]
+    writes = (await sim_get(sim.url, "/_sim/stats"))["writesByCredential"]
+    assert [writes[i] for i in ids[:2]] == [3, 3]  # there, back, there again
+
+
 async def test_lost_answers_are_reconciled_not_resent(tmp_path: Path) -> None:
     async with SimServer(sim_config(credentials=60, microtenants=2, seed=12,
                                     faults="lost=0.35,seed=3")) as s:
@@ -334,3 +404,57 @@ def test_cli_refusals_exit_1_and_resume_finishes(sim_thread, tmp_path: Path) -> 
     assert "moved 4 of 4" in done.stdout
     status = run_cli(["status", str(tmp_path / "j.journal")], env)
     assert "done:      4" in status.stdout
+
+
+EXAMPLES = ["128", "453", "455", "11262"]  # Scope C's own credentials with seed=1
+
+
+def test_cli_plan_headings_and_name_clashes(sim_thread, tmp_path: Path) -> None:
+    s = sim_thread(seed=1)
+    tenant = s.state
+    tenant.add_rule(SimRule(id=tenant.allocate_id(), name="rdp-admins", credential_id=128,
+                            microtenant_id=int(SCOPE_C), creation_time=1, modified_by="1"))
+    other = add_namesake(tenant, "TEST KEY SIZE 1", 0)  # 455 is "Test Key Size 1"
+    env = cli_env(s.url)
+    args = _migrate(tmp_path, "--from", SCOPE_C, "--to", "0", "--yes")
+    dry = run_cli([*args, "--dry-run"], env)
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout.splitlines()
+    # one source: named, its count not repeated after it
+    assert lines[0] == f"dry run: 4 credentials would move to Default (0) from Scope C ({SCOPE_C})"
+    refusals = lines.index("expected refusals: 2 of the 4 (they are sent all the same: fix the"
+                           " cause first, or afterwards and run again with --retry-failed)")
+    clash_head = next(i for i, line in enumerate(lines) if "1 will be refused: a credential"
+                      " of the same name exists in the target, Default (0)" in line)
+    listed = lines.index("credentials in the plan (4):")
+    assert refusals < clash_head < listed
+    assert lines[clash_head + 1].split() == ["455", "Test", "Key", "Size", "1", "(same",
+                                             "name", "as", f"{other})"]
+    assert "128  rules: rdp-admins" in "\n".join(lines[refusals:listed])
+    # under its own heading, every planned credential (the refused ones too)
+    assert [line.split()[0] for line in lines[listed + 1:listed + 5]] == EXAMPLES
+
+    run = run_cli(args, env)
+    assert run.returncode == 1, run.stderr
+    assert "moved 2 of 4 credentials to Default (0)" in run.stdout
+    assert ("1 refused because a credential of the same name exists in Default (0) (rename"
+            " one of the two, then run again with --retry-failed):") in run.stdout
+    assert f"455  Test Key Size 1  (same name as {other})" in run.stdout
+    assert "128  rules: rdp-admins" in run.stdout
+
+
+def test_cli_resume_reports_moves_undone_since_and_exits_1(sim_thread, tmp_path: Path
+                                                           ) -> None:
+    s = sim_thread(seed=1)
+    env = cli_env(s.url)
+    args = _migrate(tmp_path, "--from", SCOPE_C, "--to", "0", "--yes")
+    assert run_cli(args, env).returncode == 0
+    back = run_cli(["migrate", "--journal", str(tmp_path / "back.journal"), "--from", "0",
+                    "--to", SCOPE_C, "--select", f"id={','.join(EXAMPLES)}", "--yes"], env)
+    assert back.returncode == 0, back.stdout + back.stderr
+    again = run_cli(args, env)
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "moved 0 of 4 credentials to Default (0) (resumed)" in again.stdout
+    assert "4 that the journal records as moved are not in Default (0)" in again.stdout
+    assert (f"4 are in Scope C ({SCOPE_C}) again, where they were moved from:"
+            f" {', '.join(EXAMPLES)}") in again.stdout

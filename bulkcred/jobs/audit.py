@@ -481,19 +481,31 @@ async def audit(ctx: JobContext, opts: AuditOptions, *,
 # renderers (the CLI writes what they return)
 
 CSV_COLUMNS = ("kind", "id", "name", "microtenantId", "microtenantName", "ageDays", "detail")
+#: a cell starting with one of these is a formula to a spreadsheet (OWASP, CSV injection)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def render_json(result: AuditResult) -> bytes:
     return orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2) + b"\n"
 
 
+def _spreadsheet_text(value: object) -> object:
+    """A cell a spreadsheet shows as text and never evaluates: a credential named
+    ``=HYPERLINK(...)`` must not become a live link in the auditor's sheet. OWASP's
+    advice: a leading ``'``. Numbers stay numbers (ages are never negative)."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def render_csv(result: AuditResult) -> str:
-    """One row a finding."""
+    """One row a finding, for reading in a spreadsheet: text that would start a formula
+    is quoted with a leading ``'``. (The JSON holds every value unchanged.)"""
     buf = io.StringIO(newline="")
     w = csv.writer(buf, lineterminator="\r\n")
     w.writerow(CSV_COLUMNS)
     for rec in result.finding_records():
-        w.writerow(["" if rec[c] is None else rec[c] for c in CSV_COLUMNS])
+        w.writerow([_spreadsheet_text("" if rec[c] is None else rec[c]) for c in CSV_COLUMNS])
     return buf.getvalue()
 
 
@@ -546,6 +558,9 @@ def table_view(result: AuditResult, *, per_kind: int = 10) -> Group:
         rows = [f for f in result.findings if f.kind == kind]
         if not rows:
             continue
+        if kind == "stale":
+            # the oldest first: the few shown are then the most overdue, not the first names
+            rows.sort(key=lambda f: -(f.age_days or 0))
         t = Table(title=f"{kind} ({len(rows)})", title_justify="left", header_style="bold")
         for col in ("id", "name", "microtenant", "detail"):
             t.add_column(col, overflow="fold")

@@ -167,7 +167,10 @@ def _cards(result: AuditResult) -> str:
 
 
 def _th(label: str, num: bool = False) -> str:
-    return f'<th scope="col" data-num="{int(num)}" tabindex="0">{_e(label)}</th>'
+    # "Username/password" may break after its slash: one unbreakable header is enough
+    # to push a wide table past the page
+    text = _e(label).replace("/", "/<wbr>")
+    return f'<th scope="col" data-num="{int(num)}" tabindex="0">{text}</th>'
 
 
 def _td(value: object, num: bool = False) -> str:
@@ -179,12 +182,15 @@ def _td(value: object, num: bool = False) -> str:
 
 def _mt_table(result: AuditResult) -> str:
     types = sorted(result.by_type)
-    head = [_th("Microtenant"), _th("ID"), _th("Credentials", True)]
+    # the id under the name, not a column of its own: with a dozen count columns, one
+    # column fewer is what lets the table fit a laptop screen without a scrollbar
+    head = [_th("Microtenant"), _th("Credentials", True)]
     head += [_th(TYPE_LABELS.get(t, t), True) for t in types]
     head += [_th(KIND_TITLES[k], True) for k in FINDING_KINDS] + [_th("Oldest (days)", True)]
     rows = []
     for m in result.microtenants:
-        cells = [_td(m.name), _td(m.id), _td(m.credentials, True)]
+        label = f'<td data-v="{_e(m.name)}">{_e(m.name)}<br><span class="id">{_e(m.id)}</span></td>'
+        cells = [label, _td(m.credentials, True)]
         cells += [_td(m.by_type.get(t, 0), True) for t in types]
         cells += [_td(m.findings[k], True) for k in FINDING_KINDS]
         cells.append(_td(m.oldest_days, True))
@@ -261,8 +267,10 @@ border:1px solid var(--line);border-radius:10px;padding:12px;max-width:100%;over
 svg .rl{text-anchor:end}svg .ct{fill:var(--muted)}svg .lg{font-size:11.5px}
 svg .empty{fill:none;stroke:var(--line);stroke-dasharray:3 3}svg .seg:hover{opacity:.8}
 table{border-collapse:collapse;width:100%;background:var(--card);border:1px solid var(--line);
-border-radius:8px;overflow:hidden}th,td{padding:6px 9px;border-bottom:1px solid var(--line);
-text-align:left;vertical-align:top}td.num,th[data-num="1"]{text-align:right}
+border-radius:8px;overflow:hidden}th,td{padding:6px 8px;border-bottom:1px solid var(--line);
+text-align:left;vertical-align:top;overflow-wrap:anywhere}th{overflow-wrap:normal}
+td.num,.id{white-space:nowrap}.id{color:var(--muted);font-size:12px}
+td.num,th[data-num="1"]{text-align:right}
 th{position:sticky;top:0;background:var(--card);cursor:pointer;user-select:none}
 th[aria-sort=ascending]::after{content:" ▲"}th[aria-sort=descending]::after{content:" ▼"}
 tbody tr:hover{background:rgba(127,127,127,.08)}.tablewrap{overflow-x:auto}

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Callable, Protocol
+from typing import Any, AsyncIterator, Callable, Mapping, Protocol
 
 from ..client import ZPAClient
 from ..errors import BadRequest, NotFound, PermissionDenied, UsageError
-from ..journal import JournalState, replay
+from ..journal import JournalState, replay, verify_header
 from ..models import DEFAULT_MICROTENANT, Credential, Microtenant, normalize_microtenant_id
 from ..runner import ItemResult
 
@@ -44,7 +44,8 @@ class JobContext:
 class JobProgressSink(Protocol):
     """What a job tells its progress display (``bulkcred.progress.JobProgress``)."""
 
-    def start(self, total: int, already: int, eta: float) -> None: ...
+    def start(self, total: int, already: int, eta: float, *, failed: int = 0,
+              rejected: int = 0, skipped: int = 0) -> None: ...
     def advance(self, key: str, result: ItemResult) -> None: ...
     def finish(self) -> None: ...
 
@@ -56,11 +57,20 @@ def journal_has_records(path: Path) -> bool:
         return False
 
 
-def planned_state(path: Path) -> JournalState | None:
-    """The journal's state if it holds a sealed plan (a resume, or a dry run of one)."""
+def planned_state(
+    path: Path, header: Callable[[JournalState], Mapping[str, Any]] | None = None
+) -> JournalState | None:
+    """The journal's state if it holds a sealed plan (a resume, or a dry run of one).
+
+    ``header`` builds the header the job would write (given the journal, for jobs
+    whose header depends on it); a journal of another job raises JournalMismatch, so
+    that a dry run refuses exactly what the real run would.
+    """
     if not journal_has_records(path):
         return None
     state = replay(path)
+    if header is not None and state.header is not None:
+        verify_header(path, state.header, header(state))
     return state if state.planned else None
 
 

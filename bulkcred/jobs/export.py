@@ -1,5 +1,8 @@
 """Export: every credential's metadata as a CSV that ``bulkcred import`` reads back
 (secret columns present and empty), written row by row as the pages arrive.
+
+The file is data for import, not for a spreadsheet's formulas: cells are written as
+they are (a name may start with ``=``), so that the round trip changes nothing.
 """
 
 from __future__ import annotations
@@ -57,7 +60,9 @@ async def export(ctx: JobContext, opts: ExportOptions, *,
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     counts = {m.name: 0 for m in covered}
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
+        # with a BOM: without one Excel reads the file as ANSI and garbles non-ASCII
+        # names; import (csvio) reads either
+        with open(tmp, "w", encoding="utf-8-sig", newline="") as f:
             w = csv.writer(f, lineterminator="\r\n")  # RFC 4180
             w.writerow(IMPORT_COLUMNS)
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Final, Iterable, Literal, Mapping, Sequence
 from .. import __version__
 from ..csvio import CsvRow, read_csv
 from ..errors import APIError, InputError, OutcomeUnknown, UsageError
-from ..journal import Journal, JournalState, replay
+from ..journal import Journal, JournalState, replay, verify_header
 from ..models import (
     DEFAULT_MICROTENANT,
     UNSET,
@@ -34,8 +34,16 @@ from ..models import (
     normalize_name,
 )
 from ..report import write_report
-from ..runner import DEFAULT_CONCURRENCY_CAP, ItemResult, RunSummary, Window, run_items
+from ..runner import (
+    DEFAULT_CONCURRENCY_CAP,
+    REJECT_ERROR_ID,
+    ItemResult,
+    RunSummary,
+    Window,
+    run_items,
+)
 from ..secrets import MASK, Redactor, validate_private_key
+from ..text import plural
 from .common import (
     JobContext,
     JobProgressSink,
@@ -56,6 +64,7 @@ __all__ = [
     "PlanItem",
     "Reject",
     "import_credentials",
+    "job_header",
     "load_import_csv",
     "names_outside_ui_set",
     "plan_import",
@@ -91,9 +100,9 @@ _TAKES: Final[Mapping[CredentialType, frozenset[str]]] = {
 _TYPES: Final = ", ".join(t.value for t in CredentialType)
 #: The characters the admin portal allows in names (zpa-api.md §9 item 8).
 _UI_SAFE: Final = re.compile(r"[A-Za-z0-9._-]+")
+#: A long id as Excel shows (and saves) it once it took the cell for a number: 1.45261E+17.
+_EXCEL_NUMBER: Final = re.compile(r"\d+(\.\d+)?[eE]\+?\d+")
 
-#: The error id of the outcome of a row that was never sent because it is invalid.
-REJECT_ERROR_ID: Final = "bulkcred.invalid.row"
 #: Secrets this long or longer are what the journal refuses (and what is scrubbed out of
 #: names and reasons before they are journaled): a shorter password ("test") would make
 #: innocent text ("test-1") unwritable.
@@ -168,6 +177,11 @@ class ImportFile:
     #: the CSV bytes and those of every key file it names, framed: what is fingerprinted
     content: bytes
 
+    @property
+    def data_rows(self) -> int:
+        """The file's rows below the header (blank lines aside), valid or not."""
+        return len(self.raw)
+
     def fingerprint(self, salt: bytes) -> str:
         return hashlib.scrypt(self.content, salt=salt, **_SCRYPT).hex()
 
@@ -175,12 +189,21 @@ class ImportFile:
         return [r.secret for r in self.rows]
 
     def problems_text(self) -> str:
-        return _rejects_text(self.path, self.rejects)
+        """The rejects found offline. A row's microtenant is checked against the tenant
+        only once the file is otherwise valid (it takes a connection); say so, lest
+        fixing these rows look like the end of it."""
+        text = _rejects_text(self.path, self.rejects)
+        elsewhere = sum(1 for r in self.rows if r.scope != DEFAULT_MICROTENANT)
+        if elsewhere:
+            text += ("\nMicrotenant ids are checked against the tenant only once the file is"
+                     " otherwise valid"
+                     f" ({plural(elsewhere, 'valid row goes', 'valid rows go')} outside"
+                     " Default); --dry-run checks them now.")
+        return text
 
 
 def _rejects_text(path: Path, rejects: Sequence[Reject]) -> str:
-    n = len(rejects)
-    lines = [f"{path}: {n} invalid row{'' if n == 1 else 's'}; nothing was sent:"]
+    lines = [f"{path}: {plural(len(rejects), 'invalid row')}; nothing was sent:"]
     lines += [f"  {r.error(path)}" for r in rejects]
     lines.append("Fix them and run the command again, or pass --skip-invalid to import the"
                  " valid rows and write the invalid ones to --reject-file.")
@@ -354,6 +377,10 @@ def _microtenant(cell: str) -> str:
     except ValueError:
         mt = None
     if mt is None or int(mt) > _INT64_MAX:
+        if _EXCEL_NUMBER.fullmatch(cell.strip()):
+            raise _Bad("microtenantId", f"microtenantId {_shown(cell)} is not a microtenant"
+                                        " id: Excel turned the id into a number; format the"
+                                        " column as Text and re-enter it")
         raise _Bad("microtenantId", f"microtenantId {_shown(cell)} is not a microtenant id;"
                                     " give its digits, or 0 (or an empty cell) for Default")
     return mt
@@ -570,8 +597,7 @@ class ImportPlan:
             f"line {i.line} {scrub(_shown(i.row.credential.name))} (id {i.existing.id},"
             f" microtenant {i.row.scope})"
             for i in self.refused if i.row is not None and i.existing is not None)
-        n = len(self.refused)
-        return (f"{self.source.path}: {n} row{'' if n == 1 else 's'} name{'s' if n == 1 else ''}"
+        return (f"{self.source.path}: {plural(len(self.refused), 'row names', 'rows name')}"
                 f" credentials that exist already, and --on-existing is fail: {rows}. Pass"
                 " --on-existing skip to leave them as they are, --on-existing update to"
                 " overwrite them, or remove those rows; nothing was sent.")
@@ -673,7 +699,8 @@ def _counts(state: JournalState) -> Counter[str]:
         if status == "done":
             out["updated" if data.get("action") == "update" else "created"] += 1
         elif status == "failed":
-            out["rejected" if data.get("action") == "reject" else "failed"] += 1
+            error_id = (state.states[key].last_outcome or {}).get("errorId")
+            out["rejected" if error_id == REJECT_ERROR_ID else "failed"] += 1
         elif status == "skipped":
             out["skipped"] += 1
         else:
@@ -692,6 +719,20 @@ def _check_same_file(opts: ImportOptions, prior_spec: object, spec: Mapping[str,
             " was planned: its rows' secrets are read from it again on resume, so it must be"
             " the same file. Restore it to resume that job, or start a new import with"
             " another --journal")
+
+
+def job_header(ctx: JobContext, opts: ImportOptions, source: ImportFile,
+               prior: JournalState | None) -> dict[str, Any]:
+    """The journal header of this import; a resume reuses the journal's salt, and a
+    changed CSV or key file is refused with its own message."""
+    prior_header = (prior.header or {}) if prior is not None else {}
+    salt_hex = prior_header.get("fingerprintSalt") if prior_header.get("kind") == KIND else None
+    salt = bytes.fromhex(salt_hex) if isinstance(salt_hex, str) else _stdlib_secrets.token_bytes(16)
+    spec = opts.spec(source.fingerprint(salt))
+    if salt_hex:
+        _check_same_file(opts, prior_header.get("spec"), spec)
+    return {"kind": KIND, "spec": spec, "tenant": ctx.tenant_record(),
+            "version": __version__, "fingerprintSalt": salt.hex()}
 
 
 async def import_credentials(
@@ -716,12 +757,10 @@ async def import_credentials(
         raise UsageError(source.problems_text())  # before any request, even a read
     client = ctx.client
     prior = replay(opts.journal) if journal_has_records(opts.journal) else None
-    prior_header = (prior.header or {}) if prior is not None else {}
-    salt_hex = prior_header.get("fingerprintSalt") if prior_header.get("kind") == KIND else None
-    salt = bytes.fromhex(salt_hex) if isinstance(salt_hex, str) else _stdlib_secrets.token_bytes(16)
-    spec = opts.spec(source.fingerprint(salt))
-    if salt_hex:
-        _check_same_file(opts, prior_header.get("spec"), spec)
+    header = job_header(ctx, opts, source, prior)
+    if prior is not None and prior.header is not None:
+        # refuse another job's journal before reading the tenant, not after
+        verify_header(opts.journal, prior.header, header)
 
     plan: ImportPlan | None = None
     if prior is None or not prior.planned:
@@ -742,8 +781,6 @@ async def import_credentials(
 
     if redactor is not None:
         redactor.add(*source.secrets())
-    header = {"kind": KIND, "spec": spec, "tenant": ctx.tenant_record(),
-              "version": __version__, "fingerprintSalt": salt.hex()}
     async with await Journal.open(opts.journal, header=header,
                                   forbidden=source.guard.found_in) as journal:
         resumed = journal.state.planned
@@ -763,8 +800,10 @@ async def import_credentials(
                 if d.get("action") == "reject"])
         if progress is not None:
             writes = sum(1 for k in todo if state.items[k].get("action") in ("create", "update"))
+            before = _counts(state)
             progress.start(len(state.items), len(state.items) - len(todo),
-                           writes / client.write_rate.per_second)
+                           writes / client.write_rate.per_second, failed=before["failed"],
+                           rejected=before["rejected"], skipped=before["skipped"])
         cap = ctx.concurrency or DEFAULT_CONCURRENCY_CAP
         window = Window(cap, client.write_rate, lambda: client.stats().latency_ewma)
         summary = await run_items(todo, apply.work, journal=journal, window=window,
@@ -895,6 +934,7 @@ def _adopted(found: Credential, row: ImportRow) -> ItemResult:
                              " found by name, not sent again)")
 
 
-def names_outside_ui_set(source: ImportFile) -> int:
-    """Valid rows whose names the admin portal would not take (the API does)."""
-    return sum(1 for r in source.rows if not _UI_SAFE.fullmatch(r.credential.name))
+def names_outside_ui_set(source: ImportFile) -> list[int]:
+    """The lines of the valid rows whose names the admin portal would not take (the API
+    does)."""
+    return [r.line for r in source.rows if not _UI_SAFE.fullmatch(r.credential.name)]

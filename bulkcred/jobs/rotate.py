@@ -16,7 +16,7 @@ from typing import Any, Callable
 from .. import __version__
 from ..csvio import read_csv
 from ..errors import InputError, NotFound
-from ..journal import Journal, replay
+from ..journal import Journal, replay, verify_header
 from ..models import Credential, CredentialSecret, CredentialType, Secret
 from ..report import write_report
 from ..runner import DEFAULT_CONCURRENCY_CAP, ItemResult, RunSummary, Window, run_items
@@ -177,7 +177,7 @@ async def plan_rotation(ctx: JobContext, opts: RotateOptions) -> RotatePlan:
     return plan
 
 
-def _header(ctx: JobContext, opts: RotateOptions) -> dict[str, Any]:
+def job_header(ctx: JobContext, opts: RotateOptions) -> dict[str, Any]:
     return {
         "kind": KIND,
         "spec": opts.spec(),
@@ -210,6 +210,10 @@ async def rotate(
     """
     client = ctx.client
     prior = replay(opts.journal) if journal_has_records(opts.journal) else None
+    header = job_header(ctx, opts)
+    if prior is not None and prior.header is not None:
+        # refuse another job's journal before reading the tenant, not after
+        verify_header(opts.journal, prior.header, header)
     plan: RotatePlan | None = None
     if prior is None or not prior.planned:
         # plan before the journal exists, so that a declined prompt leaves no journal
@@ -232,7 +236,7 @@ async def rotate(
         redactor.add(secret)
         guard.add(*(v for v in secret.values() if len(v) >= _GUARD_MIN))
 
-    async with await Journal.open(opts.journal, header=_header(ctx, opts),
+    async with await Journal.open(opts.journal, header=header,
                                   forbidden=guard.found_in) as journal, \
             await SecretSink.open(opts.secrets_out, redactor=redactor) as sink:
         job_id = str((journal.state.header or {}).get("jobId", ""))
@@ -263,9 +267,10 @@ async def rotate(
 
         statuses = ["pending", "uncertain"] + (["failed"] if opts.retry_failed else [])
         todo = [k for k in state.items if state.status(k) in statuses]
-        already = sum(1 for k in state.items if state.status(k) == "done")
+        failed_before = 0 if opts.retry_failed else len(state.keys_in("failed"))
         if progress is not None:
-            progress.start(len(state.items), already, len(todo) / client.write_rate.per_second)
+            progress.start(len(state.items), len(state.items) - len(todo),
+                           len(todo) / client.write_rate.per_second, failed=failed_before)
 
         prep = _Ewma()
 
