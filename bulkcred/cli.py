@@ -33,6 +33,7 @@ from .errors import (
 from .models import Secret, normalize_microtenant_id
 from .runner import JobStopped
 from .secrets import Redactor, RedactingFilter
+from .text import plural
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -180,6 +181,8 @@ def build_connection(opts: Mapping[str, Any], env: Mapping[str, str]) -> Connect
     if concurrency is not None and concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
     max_wait = opts.get("max_wait")
+    if max_wait is not None and max_wait < 0:
+        raise UsageError("--max-wait is a number of seconds, 0 or more (0 waits forever)")
     return Connection(
         base_url=base.rstrip("/"),
         customer_id=customer_id,
@@ -251,7 +254,9 @@ def _run(coro_fn: Callable[[], Awaitable[int]]) -> int:
 
         async def watch(tg: Any) -> None:
             nonlocal interrupted
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            # SIGHUP: the terminal closed under a running job; stop it cleanly too
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM,
+                                            signal.SIGHUP) as signals:
                 async for _ in signals:
                     interrupted = True
                     tg.cancel_scope.cancel()
@@ -476,9 +481,10 @@ async def _rotate_main(connection: Connection, opts: Any, *, dry_run: bool, yes:
             return EXIT_OK
 
         def confirm(count: int, resumed: bool) -> bool:
-            what = (f"Resume the rotation of {count} remaining credentials" if resumed
-                    else f"Rotate {count} credentials")
-            return _confirm(f"{what} in tenant {connection.customer_id}?", yes)
+            what = (f"Resume the rotation: {plural(count, 'credential')} left" if resumed
+                    else f"Rotate {plural(count, 'credential')}")
+            return _confirm(f"{what} in tenant {connection.customer_id} at"
+                            f" {connection.base_url}?", yes)
 
         progress = _progress("rotate", client)
         result = await rotate_job(ctx, opts, progress=progress, redactor=redactor, confirm=confirm)
@@ -487,9 +493,10 @@ async def _rotate_main(connection: Connection, opts: Any, *, dry_run: bool, yes:
             return EXIT_OK
         stats = client.stats()
         click.echo(
-            f"rotated {result.done} of {result.total} credentials"
-            f"{' (resumed)' if result.resumed else ''}; {result.failed} failed,"
-            f" {result.uncertain} unfinished; {stats.throttled} throttled responses"
+            f"rotated {result.summary.done} in this run ({result.done} of {result.total} in"
+            f" all{', resumed' if result.resumed else ''}); {result.failed} failed,"
+            f" {result.uncertain} unfinished; {plural(stats.throttled, 'throttled response')},"
+            f" {plural(stats.pauses, 'server pause')}"
         )
         if result.unconfirmed:
             click.echo(f"{len(result.unconfirmed)} not confirmed by the final listing:"
@@ -501,14 +508,23 @@ async def _rotate_main(connection: Connection, opts: Any, *, dry_run: bool, yes:
         return EXIT_OK if result.ok else EXIT_FAILED
 
 
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    if s < 120:
+        return f"{s} s"
+    h, rem = divmod(s, 3600)
+    return f"{h} h {rem // 60} min" if h else f"{rem // 60} min {rem % 60} s"
+
+
 def _print_rotate_plan(creds: list[Any], rate: Rate) -> None:
     by_type: dict[str, int] = {}
     for c in creds:
         by_type[c.credential_type.value] = by_type.get(c.credential_type.value, 0) + 1
-    click.echo(f"dry run: {len(creds)} credentials would be rotated"
+    click.echo(f"dry run: {plural(len(creds), 'credential')} would be rotated"
                + (" (" + ", ".join(f"{n} {t}" for t, n in sorted(by_type.items())) + ")" if creds else ""))
-    eta = len(creds) / rate.per_second
-    click.echo(f"at the write limit of {rate} that takes at least {eta:.0f} s")
+    if creds:
+        eta = len(creds) / rate.per_second
+        click.echo(f"at the write limit of {rate} that takes at least {_duration(eta)}")
     for c in creds[:20]:
         click.echo(f"  {c.id:>20}  {c.credential_type.value:<17}  mt {c.scope:<20}  {c.display_name}")
     if len(creds) > 20:
@@ -883,7 +899,6 @@ def import_(csv_file: Path, journal: Path, on_existing: str, skip_invalid: bool,
 async def _import_main(connection: Connection, opts: Any, source: Any, *, dry_run: bool,
                        yes: bool, redactor: Redactor) -> int:
     from .jobs.importcsv import import_credentials, job_header, plan_import
-    from .text import plural
 
     async with connection.client() as client:
         ctx = _context(connection, client)
@@ -931,7 +946,6 @@ async def _import_main(connection: Connection, opts: Any, source: Any, *, dry_ru
 
 
 def _import_summary(plan: Any, opts: Any) -> str:
-    from .text import plural
 
     existing = {"fail": "any one stops the import before anything is sent",
                 "skip": "left as they are",
@@ -988,6 +1002,26 @@ def status(journal: Path) -> int:
     return EXIT_OK
 
 
+def _refuse_overwriting_state(output: Path, journal: Path) -> None:
+    """A report must never replace a journal or a secrets file (both JSON lines)."""
+    if output.exists() and os.path.samefile(output, journal):
+        raise UsageError(f"--output {output} is the journal itself; give the report its own path")
+    try:
+        with output.open("rb") as f:
+            first = f.readline(1 << 16)
+    except FileNotFoundError:
+        return
+    except OSError:
+        return  # the write below reports it
+    try:
+        rec = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        return
+    if isinstance(rec, dict) and (rec.get("t") == "header" or "rotatedAt" in rec):
+        raise UsageError(f"--output {output} is a bulkcred journal or secrets file; writing the"
+                         " report over it would destroy it. Give the report its own path")
+
+
 @cli.command()
 @click.argument("journal", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True,
@@ -1002,6 +1036,7 @@ def report(journal: Path, fmt: str, output: Path | None) -> int:
 
     state = replay(journal)
     if output:
+        _refuse_overwriting_state(output, journal)
         write_report(state, output, fmt)
         click.echo(f"report: {output}", err=True)
     else:

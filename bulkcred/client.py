@@ -11,7 +11,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, AsyncIterator, Callable, Final, Mapping, Sequence, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Final, Mapping, Sequence, TypeVar
 from urllib.parse import quote
 
 import anyio
@@ -63,6 +63,8 @@ _EWMA_ALPHA = 0.2
 
 MicrotenantArg = str | int | None | Unset
 T = TypeVar("T")
+#: awaited with the attempt number (1, 2, ...) just before each attempt is sent
+BeforeSend = Callable[[int], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,12 +259,15 @@ class ZPAClient:
         params: Mapping[str, str] | None = None,
         json: Any = None,
         secrets: Sequence[str] = (),
+        before_send: BeforeSend | None = None,
     ) -> Response:
         """Send until the answer is a success or the policy says stop; raise a ZPAError.
 
         Each attempt takes a new limiter slot. ``secrets`` (the values in the body) are
         masked in any error text. A DELETE that finds nothing after an earlier attempt
-        may have been applied counts as done.
+        may have been applied counts as done. ``before_send(attempt)`` is awaited just
+        before each attempt goes out (a job journals its intent there, so that every
+        request, retries included, has one).
         """
         body = orjson.dumps(json) if json is not None else None
         url = self._base + path
@@ -273,6 +278,7 @@ class ZPAClient:
         backoffs = 0
         refreshed = False
         maybe_applied = False
+        attempt = 0
         while True:
             # signed in before the slot is taken: a slot's time is the time the request
             # goes out, and a sign-in must not stand between them
@@ -291,6 +297,9 @@ class ZPAClient:
             }
             if body is not None:
                 headers["Content-Type"] = "application/json"
+            attempt += 1
+            if before_send is not None:
+                await before_send(attempt)
             self._requests[cls] += 1
             resp: Response | None = None
             exc_: TransportError | None = None
@@ -568,6 +577,7 @@ class ZPAClient:
         secret: CredentialSecret,
         *,
         microtenant_id: MicrotenantArg = UNSET,
+        before_send: BeforeSend | None = None,
     ) -> Credential:
         """POST a new credential (``credential.id`` is ignored); returns what ZPA created.
 
@@ -584,7 +594,7 @@ class ZPAClient:
                 body["microtenantId"] = params["microtenantId"]
         path = self._credential_path()
         resp = await self._request("POST", path, params=params, json=body,
-                                   secrets=secret.values())
+                                   secrets=secret.values(), before_send=before_send)
         try:
             data = resp.json()
         except orjson.JSONDecodeError:
@@ -596,7 +606,8 @@ class ZPAClient:
             )
         return Credential.from_wire(data)
 
-    async def update_credential(self, credential: Credential, secret: CredentialSecret) -> None:
+    async def update_credential(self, credential: Credential, secret: CredentialSecret, *,
+                                before_send: BeforeSend | None = None) -> None:
         """PUT the full object (its fields as they stand, plus the new secret) into its scope.
 
         ZPA answers 204 with no body, so nothing is returned: read it back to see it.
@@ -611,16 +622,19 @@ class ZPAClient:
         await self._request(
             "PUT", self._credential_path(credential.id),
             params={"microtenantId": credential.scope}, json=body, secrets=secret.values(),
+            before_send=before_send,
         )
 
     async def delete_credential(
-        self, credential_id: str, *, microtenant_id: MicrotenantArg = UNSET
+        self, credential_id: str, *, microtenant_id: MicrotenantArg = UNSET,
+        before_send: BeforeSend | None = None,
     ) -> None:
         await self._request("DELETE", self._credential_path(credential_id),
-                            params=_microtenant_params(microtenant_id))
+                            params=_microtenant_params(microtenant_id), before_send=before_send)
 
     async def move_credential(
-        self, credential_id: str, *, source_microtenant_id: str, target_microtenant_id: str
+        self, credential_id: str, *, source_microtenant_id: str, target_microtenant_id: str,
+        before_send: BeforeSend | None = None,
     ) -> None:
         """Move a credential between microtenants (Default is ``"0"``).
 
@@ -631,6 +645,7 @@ class ZPAClient:
         await self._request(
             "POST", self._credential_path(credential_id, "/move"),
             params={"microtenantId": source, "targetMicrotenantId": target},
+            before_send=before_send,
         )
 
     # -- microtenants and policy rules ---------------------------------------------------

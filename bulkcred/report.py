@@ -87,12 +87,18 @@ def status_text(state: JournalState, path: Path) -> str:
             lines.append(f"{status + ':':<10} {counts[status]}")
     finished = [e for e in state.events if e.get("name") == "finished"]
     remaining = counts.get("pending", 0) + counts.get("uncertain", 0)
-    if remaining:
+    if not state.planned:
+        lines.append("next:      the job stopped before its plan was written; nothing was"
+                     " changed: run the same command again to start it")
+    elif remaining:
         lines.append(f"next:      {remaining} items left; run the same command again to resume")
     elif counts.get("failed"):
         lines.append("next:      " + _after_failures(header.get("kind")))
     elif finished:
         lines.append("next:      nothing; the job is complete")
+    else:
+        lines.append("next:      every item is done but the final check did not finish: run"
+                     " the same command again to verify")
     return "\n".join(lines)
 
 

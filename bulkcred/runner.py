@@ -17,8 +17,10 @@ from .config import Rate
 from .errors import (
     AuthError,
     BulkcredError,
+    JournalError,
     OutcomeUnknown,
     PermissionDenied,
+    SecretSinkError,
     TransportError,
     WaitTooLong,
     ZPAError,
@@ -195,7 +197,9 @@ async def run_items(
             tg.start_soon(one, key, tg)
     if stop:
         exc = stop[0]
-        if isinstance(exc, ZPAError):
+        # a journal or secrets file that cannot be written (disk full) stops the job
+        # like a network failure: items already changed are recorded, the rest resume
+        if isinstance(exc, (ZPAError, JournalError, SecretSinkError)):
             raise JobStopped(exc) from exc
         raise exc
     return summary

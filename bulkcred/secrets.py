@@ -37,6 +37,7 @@ from .errors import SecretSinkError
 from .models import CredentialSecret, Secret
 
 __all__ = [
+    "check_sink_path",
     "MASK",
     "MAX_RSA_BITS",
     "PASSWORD_ALPHABET",
@@ -206,8 +207,16 @@ def _secret_of(rec: Any) -> tuple[str, str, CredentialSecret] | None:
 
 
 def _parse_sink(data: bytes, path: str) -> tuple[dict[str, tuple[str, CredentialSecret]], int]:
-    """Each id's last (job id, secret), and where a torn last line starts (else ``len(data)``)."""
-    out: dict[str, tuple[str, CredentialSecret]] = {}
+    """Each id's last (job id, secret), and where a torn last line starts (else ``len(data)``).
+
+    A ``"void": true`` line withdraws what its job recorded for the id before (ZPA
+    refused it): the id's secret is then its last line from another job, if any.
+    """
+    hist: dict[str, list[tuple[str, CredentialSecret]]] = {}
+
+    def current() -> dict[str, tuple[str, CredentialSecret]]:
+        return {k: h[-1] for k, h in hist.items() if h}
+
     pos, lineno, size = 0, 0, len(data)
     while pos < size:
         nl = data.find(b"\n", pos)
@@ -218,19 +227,25 @@ def _parse_sink(data: bytes, path: str) -> tuple[dict[str, tuple[str, Credential
             pos = end + 1
             continue
         try:
-            found = _secret_of(orjson.loads(line))
+            rec = orjson.loads(line)
         except orjson.JSONDecodeError:
             if end + 1 >= size:
-                return out, pos  # the process died writing this line; it was never used
-            found = None
+                return current(), pos  # the process died writing this line; never used
+            rec = None
+        if isinstance(rec, dict) and rec.get("void") is True and isinstance(rec.get("id"), str):
+            job = rec.get("jobId") or ""
+            hist[rec["id"]] = [e for e in hist.get(rec["id"], []) if e[0] != job]
+            pos = end + 1
+            continue
+        found = _secret_of(rec) if rec is not None else None
         if found is None:
             raise SecretSinkError(
                 f"{path}: line {lineno} is not a bulkcred secrets record: the file was edited "
                 "or damaged, or it is not a secrets file; repair it or choose another path"
             )
-        out[found[0]] = found[1:]
+        hist.setdefault(found[0], []).append(found[1:])
         pos = end + 1
-    return out, size
+    return current(), size
 
 
 def _read_fd(fd: int) -> bytes:
@@ -259,6 +274,32 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+def check_sink_path(path: str | os.PathLike[str]) -> None:
+    """The checks :meth:`SecretSink.open` makes, without creating or locking anything:
+    so a job can refuse a bad ``--secrets-out`` before it signs in or reads the tenant."""
+    p = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(p))
+    if not os.path.isdir(folder):
+        raise SecretSinkError(f"{p}: the directory {folder} does not exist; create it or give"
+                              " --secrets-out another path")
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise SecretSinkError(f"{p} is a symbolic link; give --secrets-out the real path of a"
+                              " regular file")
+    if not stat.S_ISREG(st.st_mode):
+        raise SecretSinkError(f"{p} is not a regular file; give --secrets-out a file path")
+    if st.st_uid != os.geteuid():
+        raise SecretSinkError(f"{p} belongs to uid {st.st_uid}, not to you (uid "
+                              f"{os.geteuid()}); choose a secrets file of your own")
+    if st.st_mode & 0o077:
+        raise SecretSinkError(
+            f"{p} has mode {stat.S_IMODE(st.st_mode):04o}, so other users may read the "
+            f"secrets in it; run `chmod 600 {p}` or choose a new path")
 
 
 def _open_sink(path: str) -> int:
@@ -398,7 +439,34 @@ class SecretSink:
             except OSError as exc:
                 self._failed = exc.strerror or str(exc)
                 raise SecretSinkError(f"{self.path}: cannot write the secrets file: "
-                                      f"{self._failed}; nothing was changed in ZPA") from None
+                                      f"{self._failed}; the credential whose secret it was"
+                                      " could not be recorded was not changed in ZPA"
+                                      ) from None
+
+    async def void(self, record: Mapping[str, Any], reason: str) -> None:
+        """Withdraw the secrets this job recorded for ``record``'s id: ZPA refused them.
+
+        The line holds no secret; readers then take the id's last line from another job
+        (the secret it still has), so the file never names a secret ZPA does not hold.
+        """
+        line: dict[str, Any] = {
+            "id": str(record["id"]),
+            **{k: record.get(k) for k in ("name", "microtenantId", "credentialType", "userName")},
+            "jobId": str(record.get("jobId") or ""),
+            "void": True,
+            "reason": reason,
+            "rotatedAt": _utc_now(),
+        }
+        data = orjson.dumps(line) + b"\n"
+        async with self._lock:
+            if self._fd is None:
+                raise SecretSinkError(f"{self.path}: the secrets file is closed")
+            try:
+                await anyio.to_thread.run_sync(_append_line, self._fd, data)
+            except OSError as exc:
+                self._failed = exc.strerror or str(exc)
+                raise SecretSinkError(f"{self.path}: cannot write the secrets file: "
+                                      f"{self._failed}") from None
 
     def last_secrets(self) -> dict[str, CredentialSecret]:
         """Each id's last recorded secret, read back from the file (for a resume)."""

@@ -43,7 +43,7 @@ def test_rotate_end_to_end_and_no_secret_anywhere(sim_thread, tmp_path: Path) ->
     env = cli_env(s.url)
     proc = run_cli(_rotate(tmp_path, "--yes", "--log-format", "json", "-vv"), env)
     assert proc.returncode == 0, proc.stderr
-    assert re.search(r"rotated 30 of 30 credentials", proc.stdout)
+    assert re.search(r"rotated 30 in this run \(30 of 30 in all\)", proc.stdout)
     sink = tmp_path / "secrets.jsonl"
     assert stat.S_IMODE(sink.stat().st_mode) == 0o600
     secrets = [v for s_ in read_sink(sink).values()
@@ -113,7 +113,7 @@ def test_usage_errors_exit_2(sim_thread, tmp_path: Path, args: list[str],
 def test_mismatched_journal_is_refused(sim_thread, tmp_path: Path) -> None:
     s = sim_thread(seed=1)
     env = cli_env(s.url)
-    assert run_cli(_rotate(tmp_path, "--yes", "--select", "type=PASSWORD"), env).returncode == 0
+    assert run_cli(_rotate(tmp_path, "--yes", "--select", "type=USERNAME_PASSWORD"), env).returncode == 0
     proc = run_cli(_rotate(tmp_path, "--yes", "--select", "type=SSH_KEY"), env)
     assert proc.returncode == 2
     assert "j.journal" in proc.stderr
@@ -166,3 +166,48 @@ def test_python_dash_m_and_version() -> None:
     out = subprocess.run([sys.executable, "-m", "bulkcred", "--version"], capture_output=True,
                          text=True, check=True)
     assert "bulkcred" in out.stdout
+
+
+def test_a_report_never_replaces_the_secrets_file_or_journal(sim_thread, tmp_path: Path) -> None:
+    """Critical: a report written over the secrets file would lose the new passwords."""
+    s = sim_thread(credentials=3, seed=1)
+    env = cli_env(s.url)
+    sink = tmp_path / "secrets.jsonl"
+    proc = run_cli(_rotate(tmp_path, "--yes", "--report", str(sink)), env)
+    assert proc.returncode == 2 and "name the same file" in proc.stderr
+    assert not sink.exists() and not (tmp_path / "j.journal").exists()
+    assert run_cli(_rotate(tmp_path, "--yes"), env).returncode == 0
+    before = sink.read_bytes()
+    for out in (sink, tmp_path / "j.journal"):
+        proc = run_cli(["report", str(tmp_path / "j.journal"), "--output", str(out)], env)
+        assert proc.returncode == 2, proc.stderr
+    assert sink.read_bytes() == before
+    assert replay(tmp_path / "j.journal").counts()["done"] == 13
+
+
+def test_a_refused_secrets_file_leaves_no_journal(sim_thread, tmp_path: Path) -> None:
+    s = sim_thread(seed=1)
+    sink = tmp_path / "secrets.jsonl"
+    sink.write_text("")
+    sink.chmod(0o644)
+    proc = run_cli(_rotate(tmp_path, "--yes"), cli_env(s.url))
+    assert proc.returncode == 2 and "chmod 600" in proc.stderr
+    assert not (tmp_path / "j.journal").exists()
+    import urllib.request
+
+    stats = orjson.loads(urllib.request.urlopen(s.url + "/_sim/stats").read())
+    assert stats["signins"] == 0  # refused before signing in
+
+
+def test_ids_that_are_not_there_are_an_error(sim_thread, tmp_path: Path) -> None:
+    s = sim_thread(seed=1)
+    proc = run_cli(_rotate(tmp_path, "--yes", "--select", "id=259,999999"), cli_env(s.url))
+    assert proc.returncode == 2 and "999999" in proc.stderr
+    assert not (tmp_path / "j.journal").exists()
+
+
+def test_an_empty_selection_leaves_no_files(sim_thread, tmp_path: Path) -> None:
+    s = sim_thread(seed=1)
+    proc = run_cli(_rotate(tmp_path, "--yes", "--select", "name=no-such-*"), cli_env(s.url))
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "j.journal").exists() and not (tmp_path / "secrets.jsonl").exists()

@@ -34,19 +34,20 @@ async def run(url: str, o: RotateOptions, *, concurrency: int | None = None,
         return result, client.stats()
 
 
-async def assert_invariant(url: str, o: RotateOptions, *, retries: bool = False
-                           ) -> dict[str, Any]:
-    """For every planned credential, ZPA holds the last secret the sink recorded, and
-    (unless the client had reason to retry a PUT, ``retries``) no credential was
-    written more often than its journal intents explain."""
+async def assert_invariant(url: str, o: RotateOptions) -> dict[str, Any]:
+    """For every planned credential, ZPA holds the last secret the sink recorded (or,
+    where the sink records none because ZPA refused every one, the credential was never
+    written), and no credential was written more often than its journal intents explain
+    (every request, retries included, journals an intent first)."""
     held = {c["id"]: c for c in await sim_get(url, "/_sim/credentials")}
     last = read_sink(o.secrets_out)
     state = replay(o.journal)
     for key in state.items:
-        assert key in last, f"{key} has no secret in the sink"
-        assert held[key]["secretSha256"] == secret_digest(last[key]), key
-        if not retries:
-            assert held[key]["puts"] <= state.states[key].attempts, key
+        if key in last:
+            assert held[key]["secretSha256"] == secret_digest(last[key]), key
+        else:
+            assert state.status(key) == "failed" and held[key]["puts"] == 0, key
+        assert held[key]["puts"] <= state.states[key].attempts, key
     return held
 
 
@@ -160,7 +161,7 @@ async def test_no_row_is_lost_under_faults(tmp_path: Path) -> None:
         for key in state.keys_in("failed"):
             out = state.states[key].last_outcome
             assert out["reason"], key
-        await assert_invariant(s.url, o, retries=True)
+        await assert_invariant(s.url, o)
         assert stats.retries > 0
 
 
@@ -231,3 +232,53 @@ async def test_from_file_errors_name_the_line(sim: SimServer, tmp_path: Path, bo
     assert info.value.line == line and needle in str(info.value)
     assert (await sim_get(sim.url, "/_sim/stats"))["requests"]["write"] == 0
     assert not (tmp_path / "j.journal").exists()
+
+
+async def test_a_refused_secret_is_withdrawn_from_the_sink(tmp_path: Path) -> None:
+    """A PUT ZPA refused leaves the sink naming the secret ZPA still has, not the new one."""
+    async with SimServer(sim_config(credentials=20, microtenants=1, seed=3,
+                                    faults="409=0.8,seed=3")) as s:
+        o = opts(tmp_path)
+        async with make_client(s.url, retry=__import__("bulkcred.retry", fromlist=["x"])
+                               .RetryPolicy(max_attempts=1, waits=False)) as client:
+            ctx = JobContext(client=client, base_url=s.url, customer_id="216196257331281920")
+            result = await rotate(ctx, o)
+        assert result.failed > 0
+        state = replay(o.journal)
+        lines = o.secrets_out.read_text().splitlines()
+        assert sum('"void":true' in line for line in lines) >= result.failed
+        await assert_invariant(s.url, o)
+        # asked again, the failed ones get a fresh secret and the invariant still holds
+        o2 = RotateOptions(journal=o.journal, secrets_out=o.secrets_out, retry_failed=True)
+        await sim_post(s.url, "/_sim/faults", {"spec": ""})
+        result, _ = await run(s.url, o2)
+        assert result.ok
+        await assert_invariant(s.url, o2)
+        assert state.counts()["failed"] == result.summary.done
+
+
+async def test_an_edit_made_during_the_job_is_not_reverted(tmp_path: Path) -> None:
+    """The PUT carries the object as it stands when it is sent, not as planned."""
+    async with SimServer(sim_config(credentials=10, microtenants=1, seed=3,
+                                    write_rate="20/1s")) as s:
+        o = opts(tmp_path, selection=parse_selection(["id=259"]))
+        async with make_client(s.url) as c:
+            ctx = JobContext(client=c, base_url=s.url, customer_id="216196257331281920")
+            from bulkcred.jobs.rotate import plan_rotation
+
+            plan = await plan_rotation(ctx, o)
+            cred = plan.credentials[0]
+            # another admin renames it between the plan and the PUT
+            from bulkcred.models import CredentialSecret, Secret
+
+            await c.update_credential(cred.with_changes(description="edited by alice",
+                                                        user_name="alice"),
+                                      CredentialSecret(password=Secret("alice-sets-this-1")))
+            result = await rotate(ctx, o)
+        assert result.ok
+        async with make_client(s.url) as c:
+            now = await c.get_credential("259", microtenant_id="0")
+        assert now.description == "edited by alice" and now.user_name == "alice"
+        held = {c["id"]: c for c in await sim_get(s.url, "/_sim/credentials")}
+        assert held["259"]["secretSha256"] == secret_digest(read_sink(o.secrets_out)["259"])
+        assert held["259"]["puts"] == 2  # alice's and the rotation's

@@ -375,7 +375,7 @@ async def test_a_failed_sink_write_leaves_no_half_line(tmp_path: Path,
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(secrets_mod, "_write_all", half)
-    with pytest.raises(SecretSinkError, match="nothing was changed in ZPA"):
+    with pytest.raises(SecretSinkError, match="was not changed in ZPA"):
         await sink.append(RECORD, pw("two"))
     monkeypatch.undo()
     assert p.read_bytes() == good
@@ -522,3 +522,15 @@ def test_blank_lines_in_a_hand_edited_sink_are_skipped(tmp_path: Path) -> None:
     p = tmp_path / "s.jsonl"
     p.write_bytes(b'{"id":"1","password":"a"}\n\n{"id":"1","password":"b"}\n\n')
     assert read_sink(p) == {"1": pw("b")}
+
+
+@pytest.mark.anyio
+async def test_a_void_line_withdraws_only_its_jobs_secrets(tmp_path: Path) -> None:
+    p = tmp_path / "s.jsonl"
+    async with await SecretSink.open(p) as sink:
+        await sink.append({**RECORD, "jobId": "old"}, pw("from-last-month"))
+        await sink.append({**RECORD, "jobId": "new"}, pw("refused-by-zpa"))
+        await sink.void({**RECORD, "jobId": "new"}, "refused by ZPA: HTTP 400")
+        assert sink.last_records()[RECORD["id"]][0] == "old"
+    assert read_sink(p)[RECORD["id"]].password.reveal() == "from-last-month"
+    assert "refused-by-zpa" not in p.read_text().splitlines()[-1]

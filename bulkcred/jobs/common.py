@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Mapping, Protocol
@@ -18,6 +19,7 @@ log = logging.getLogger("bulkcred.jobs")
 __all__ = [
     "JobContext",
     "JobProgressSink",
+    "distinct_files",
     "journal_has_records",
     "planned_state",
     "list_scope",
@@ -48,6 +50,18 @@ class JobProgressSink(Protocol):
               rejected: int = 0, skipped: int = 0) -> None: ...
     def advance(self, key: str, result: ItemResult) -> None: ...
     def finish(self) -> None: ...
+
+
+def distinct_files(named: list[tuple[str, Path]]) -> None:
+    """Refuse two options naming one file (say a report over the journal): the second
+    writer would destroy what the first keeps."""
+    seen: dict[str, str] = {}
+    for flag, path in named:
+        key = os.path.realpath(path)
+        if key in seen:
+            raise UsageError(f"{flag} and {seen[key]} name the same file ({path}); give each"
+                             " its own path")
+        seen[key] = flag
 
 
 def journal_has_records(path: Path) -> bool:

@@ -46,6 +46,7 @@ from ..secrets import MASK, Redactor, validate_private_key
 from ..text import plural
 from .common import (
     JobContext,
+    distinct_files,
     JobProgressSink,
     journal_has_records,
     list_scope,
@@ -755,6 +756,12 @@ async def import_credentials(
     """
     if source.rejects and not opts.skip_invalid:
         raise UsageError(source.problems_text())  # before any request, even a read
+    distinct_files([(flag, path) for flag, path in (
+        ("--journal", opts.journal),
+        ("--reject-file", opts.reject_file),
+        ("--report", opts.report),
+        ("CSV", opts.csv),
+    ) if path is not None])
     client = ctx.client
     prior = replay(opts.journal) if journal_has_records(opts.journal) else None
     header = job_header(ctx, opts, source, prior)

@@ -26,7 +26,7 @@ from ..runner import (
     run_items,
 )
 from .audit import pick_microtenant, read_policy_references, read_tenant, rule_scopes
-from .common import JobContext, JobProgressSink, journal_has_records, resolve_microtenants
+from .common import JobContext, distinct_files, JobProgressSink, journal_has_records, resolve_microtenants
 from .select import Selection
 
 __all__ = ["MigrateOptions", "MigratePlan", "MigrateResult", "NameClash", "migrate",
@@ -221,6 +221,10 @@ async def migrate(
     declined: then nothing was written). ``confirm(count, resumed, plan)`` gets the plan
     on a first run. Raises JobStopped on auth, permission or network failures.
     """
+    distinct_files([(flag, path) for flag, path in (
+        ("--journal", opts.journal),
+        ("--report", opts.report),
+    ) if path is not None])
     client = ctx.client
     prior = replay(opts.journal) if journal_has_records(opts.journal) else None
     header = job_header(ctx, opts)

@@ -15,14 +15,31 @@ from typing import Any, Callable
 
 from .. import __version__
 from ..csvio import read_csv
-from ..errors import InputError, NotFound
+from ..errors import (
+    APIError,
+    AuthError,
+    InputError,
+    NotFound,
+    OutcomeUnknown,
+    PermissionDenied,
+    ServerError,
+    UsageError,
+)
 from ..journal import Journal, replay, verify_header
 from ..models import Credential, CredentialSecret, CredentialType, Secret
 from ..report import write_report
 from ..runner import DEFAULT_CONCURRENCY_CAP, ItemResult, RunSummary, Window, run_items
-from ..secrets import Redactor, SecretSink, agenerate_ssh_key, generate_password, validate_private_key
+from ..secrets import (
+    Redactor,
+    SecretSink,
+    agenerate_ssh_key,
+    check_sink_path,
+    generate_password,
+    validate_private_key,
+)
 from .common import (
     JobContext,
+    distinct_files,
     JobProgressSink,
     journal_has_records,
     resolve_microtenants,
@@ -169,12 +186,29 @@ async def plan_rotation(ctx: JobContext, opts: RotateOptions) -> RotatePlan:
         async for c in scope_credentials(ctx.client, mts)
         if (want_ids is None or c.id in want_ids) and opts.selection.matches(c)
     ]
+    if want_ids is not None:
+        missing = sorted(want_ids - {c.id for c in creds}, key=lambda i: int(i))
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more"
+                                               if len(missing) > 10 else "")
+            raise UsageError(
+                f"--select names ids that are not in the scope: {shown}. Check --microtenant,"
+                " or remove them from the list (deleted credentials?); nothing was sent")
     creds.sort(key=lambda c: (c.scope, int(c.id) if c.id.isdigit() else 0, c.id))
     plan = RotatePlan(creds)
     if opts.from_file is not None:
         plan.given = _read_from_file(opts.from_file, creds)
         plan.credentials = [c for c in creds if c.id in plan.given]
     return plan
+
+
+def _check_paths(opts: RotateOptions) -> None:
+    """The journal, the secrets file and the report are three different files: a report
+    written over the secrets file would lose the passwords the job just set."""
+    named = [("--journal", opts.journal), ("--secrets-out", opts.secrets_out)]
+    if opts.report is not None:
+        named.append(("--report", opts.report))
+    distinct_files(named)
 
 
 def job_header(ctx: JobContext, opts: RotateOptions) -> dict[str, Any]:
@@ -209,6 +243,8 @@ async def rotate(
     network failures; cancellation propagates. The journal stays consistent either way.
     """
     client = ctx.client
+    _check_paths(opts)
+    check_sink_path(opts.secrets_out)  # before signing in, and before any journal exists
     prior = replay(opts.journal) if journal_has_records(opts.journal) else None
     header = job_header(ctx, opts)
     if prior is not None and prior.header is not None:
@@ -219,6 +255,11 @@ async def rotate(
         # plan before the journal exists, so that a declined prompt leaves no journal
         # behind to refuse a corrected command
         plan = await plan_rotation(ctx, opts)
+        if not plan.credentials:
+            # nothing selected: no journal or secrets file to leave behind
+            return RotateResult(total=0, done=0, failed=0, uncertain=0, unconfirmed=[],
+                                summary=RunSummary(), journal=opts.journal,
+                                secrets_out=opts.secrets_out, report=None, resumed=False)
         if confirm is not None and not confirm(len(plan.credentials), False):
             return None
     elif confirm is not None:
@@ -236,9 +277,10 @@ async def rotate(
         redactor.add(secret)
         guard.add(*(v for v in secret.values() if len(v) >= _GUARD_MIN))
 
-    async with await Journal.open(opts.journal, header=header,
-                                  forbidden=guard.found_in) as journal, \
-            await SecretSink.open(opts.secrets_out, redactor=redactor) as sink:
+    # the sink first: a secrets file it refuses must not leave a journal behind
+    async with await SecretSink.open(opts.secrets_out, redactor=redactor) as sink, \
+            await Journal.open(opts.journal, header=header,
+                               forbidden=guard.found_in) as journal:
         job_id = str((journal.state.header or {}).get("jobId", ""))
         resumed = journal.state.planned
         given: dict[str, CredentialSecret] = {}
@@ -287,32 +329,58 @@ async def rotate(
             else:
                 secret = CredentialSecret(password=generate_password())
             learn(secret)
-            record = {
-                "id": cred.id,
-                "name": cred.display_name,
-                "microtenantId": cred.scope,
-                "credentialType": cred.credential_type.value,
-                "userName": cred.user_name,
-                "jobId": job_id,
-            }
-            await sink.append(record, secret, public_key=public_key)
+            await sink.append(sink_record(cred), secret, public_key=public_key)
             recorded[key] = secret
             prep.add(time.monotonic() - t0)
             return secret
 
+        def sink_record(cred: Credential) -> dict[str, Any]:
+            return {"id": cred.id, "name": cred.display_name, "microtenantId": cred.scope,
+                    "credentialType": cred.credential_type.value,
+                    "userName": cred.user_name, "jobId": job_id}
+
         async def work(key: str) -> ItemResult:
-            cred = current.get(key)
-            if cred is None:
+            planned = current.get(key)
+            if planned is None:
                 return ItemResult("failed", http=404, error_id="resource.not.found",
                                   reason="the credential no longer exists in this scope")
-            secret = await secret_for(key, cred)
-            await journal.intent(key, "update", attempt=state.states[key].attempts + 1,
-                                 data={"ts": round(time.time(), 3)})
+            # the PUT replaces the whole object: read it as it stands now, so that a long
+            # job never reverts what another admin changed since it was planned (a GET
+            # from the read budget, which the writes do not use)
             try:
-                await client.update_credential(cred, secret)
+                t0 = time.monotonic()
+                cred = await client.get_credential(key, microtenant_id=planned.scope)
+                prep.add(time.monotonic() - t0)
             except NotFound as exc:
                 return ItemResult("failed", http=exc.status, error_id=exc.error_id,
-                                  reason=exc.reason or "the credential no longer exists")
+                                  reason="the credential no longer exists in this scope")
+            if cred.credential_type is not planned.credential_type:
+                return ItemResult("failed", error_id="bulkcred.type.changed",
+                                  reason=f"its type changed to {cred.credential_type.value}"
+                                         " since the job was planned")
+            secret = await secret_for(key, cred)
+
+            async def before_send(attempt: int) -> None:
+                # every request, retries included, has its intent on disk first
+                await journal.intent(key, "update", attempt=state.states[key].attempts + 1,
+                                     data={"ts": round(time.time(), 3), "try": attempt})
+
+            try:
+                await client.update_credential(cred, secret, before_send=before_send)
+            except ServerError as exc:
+                # a 5xx after every retry may or may not have been applied: leave the item
+                # uncertain; the next run re-sends this same secret
+                raise OutcomeUnknown(str(exc), method=exc.method, path=exc.path,
+                                     status=exc.status, error_id=exc.error_id,
+                                     reason=exc.reason) from exc
+            except APIError as exc:
+                if isinstance(exc, (AuthError, PermissionDenied)):
+                    raise  # stops the job; the secret may still be re-sent by a resume
+                # refused, so not applied: the secrets file must not name this secret
+                await sink.void(sink_record(cred), f"refused by ZPA: HTTP {exc.status}"
+                                                   f" {exc.error_id or ''}".strip())
+                recorded.pop(key, None)
+                raise
             return ItemResult("done", http=204)
 
         def latency() -> float:
