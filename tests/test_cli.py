@@ -211,3 +211,24 @@ def test_an_empty_selection_leaves_no_files(sim_thread, tmp_path: Path) -> None:
     proc = run_cli(_rotate(tmp_path, "--yes", "--select", "name=no-such-*"), cli_env(s.url))
     assert proc.returncode == 0, proc.stderr
     assert not (tmp_path / "j.journal").exists() and not (tmp_path / "secrets.jsonl").exists()
+
+
+def test_a_resume_honours_the_pause_the_server_asked_for(sim_thread, tmp_path: Path) -> None:
+    """Case 6, resumed at once: the journal remembers ZPA's 593 s, and a rerun that
+    will not wait that long stops again without sending a request of that class."""
+    import urllib.request
+
+    s = sim_thread(credentials=10, seed=2, faults="throttle_burst=1@12,retry_after=593")
+    env = cli_env(s.url)
+    proc = run_cli(_rotate(tmp_path, "--yes", "--max-wait", "5"), env)
+    assert proc.returncode == 3, proc.stderr
+    state = replay(tmp_path / "j.journal")
+    pause = [e for e in state.events if e["name"] == "server_pause"][-1]["data"]
+    assert pause["until"] > state.events[-1]["at"] + 500
+    before = orjson.loads(urllib.request.urlopen(s.url + "/_sim/stats").read())
+    proc = run_cli(_rotate(tmp_path, "--yes", "--max-wait", "5"), env)
+    assert proc.returncode == 3, proc.stderr
+    after = orjson.loads(urllib.request.urlopen(s.url + "/_sim/stats").read())
+    # whichever class was paused (an item's GET or its PUT), no item was written
+    assert after["requests"]["write"] == before["requests"]["write"]
+    assert after["throttled"] == before["throttled"]

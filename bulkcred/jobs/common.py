@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Mapping, Protocol
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Protocol
 
 from ..client import ZPAClient
-from ..errors import BadRequest, NotFound, PermissionDenied, UsageError
+from ..errors import BadRequest, NotFound, PermissionDenied, UsageError, WaitTooLong
+from ..journal import Journal
+from ..limiter import request_class
 from ..journal import JournalState, replay, verify_header
 from ..models import DEFAULT_MICROTENANT, Credential, Microtenant, normalize_microtenant_id
-from ..runner import ItemResult
+from ..runner import ItemResult, JobStopped, Progress, RunSummary, Window, run_items
 
 log = logging.getLogger("bulkcred.jobs")
 
@@ -22,6 +25,7 @@ __all__ = [
     "distinct_files",
     "journal_has_records",
     "planned_state",
+    "run_job_items",
     "list_scope",
     "resolve_microtenants",
     "scope_credentials",
@@ -158,3 +162,37 @@ async def scope_credentials(
             if cred.id not in seen:
                 seen.add(cred.id)
                 yield cred
+
+
+async def run_job_items(
+    ctx: JobContext,
+    journal: Journal,
+    keys: Iterable[str],
+    work: Callable[[str], Awaitable[ItemResult]],
+    *,
+    window: Window,
+    progress: Progress | None = None,
+) -> RunSummary:
+    """:func:`~bulkcred.runner.run_items`, and a server's long pause outlives the process.
+
+    A run stopped because ZPA asked for a pause longer than ``--max-wait`` records when
+    the pause ends; a resume holds that class back until then (or, if that is still
+    too long, stops again at once) instead of knocking on ZPA's door early.
+    """
+    for event in reversed(journal.state.events):
+        if event.get("name") == "server_pause":
+            data = event.get("data") or {}
+            left = float(data.get("until", 0)) - time.time()
+            if left > 0:
+                ctx.client.limiter.pause(str(data.get("class", "write")), left)
+            break
+    try:
+        return await run_items(keys, work, journal=journal, window=window, progress=progress)
+    except JobStopped as stopped:
+        cause = stopped.cause
+        if isinstance(cause, WaitTooLong):
+            await journal.event("server_pause", {
+                "class": request_class(cause.method or "PUT"),
+                "until": round(time.time() + cause.wait, 3),
+            })
+        raise

@@ -40,12 +40,12 @@ from ..runner import (
     ItemResult,
     RunSummary,
     Window,
-    run_items,
 )
 from ..secrets import MASK, Redactor, validate_private_key
 from ..text import plural
 from .common import (
     JobContext,
+    run_job_items,
     distinct_files,
     JobProgressSink,
     journal_has_records,
@@ -813,8 +813,8 @@ async def import_credentials(
                            rejected=before["rejected"], skipped=before["skipped"])
         cap = ctx.concurrency or DEFAULT_CONCURRENCY_CAP
         window = Window(cap, client.write_rate, lambda: client.stats().latency_ewma)
-        summary = await run_items(todo, apply.work, journal=journal, window=window,
-                                  progress=progress)
+        summary = await run_job_items(ctx, journal, todo, apply.work, window=window,
+                                      progress=progress)
         if progress is not None:
             progress.finish()
         counts = _counts(state)

@@ -23,10 +23,9 @@ from ..runner import (
     Window,
     is_fatal,
     result_for_error,
-    run_items,
 )
 from .audit import pick_microtenant, read_policy_references, read_tenant, rule_scopes
-from .common import JobContext, distinct_files, JobProgressSink, journal_has_records, resolve_microtenants
+from .common import JobContext, run_job_items, distinct_files, JobProgressSink, journal_has_records, resolve_microtenants
 from .select import Selection
 
 __all__ = ["MigrateOptions", "MigratePlan", "MigrateResult", "NameClash", "migrate",
@@ -296,8 +295,8 @@ async def migrate(
 
         cap = ctx.concurrency or DEFAULT_CONCURRENCY_CAP
         window = Window(cap, client.write_rate, lambda: client.stats().latency_ewma)
-        summary = await run_items(todo, work, journal=journal, window=window,
-                                  progress=progress)
+        summary = await run_job_items(ctx, journal, todo, work, window=window,
+                                      progress=progress)
         unconfirmed = await _verify(client, journal, target, known)
         if progress is not None:
             progress.finish()

@@ -28,7 +28,7 @@ from ..errors import (
 from ..journal import Journal, replay, verify_header
 from ..models import Credential, CredentialSecret, CredentialType, Secret
 from ..report import write_report
-from ..runner import DEFAULT_CONCURRENCY_CAP, ItemResult, RunSummary, Window, run_items
+from ..runner import DEFAULT_CONCURRENCY_CAP, ItemResult, RunSummary, Window
 from ..secrets import (
     Redactor,
     SecretSink,
@@ -39,6 +39,7 @@ from ..secrets import (
 )
 from .common import (
     JobContext,
+    run_job_items,
     distinct_files,
     JobProgressSink,
     journal_has_records,
@@ -389,8 +390,8 @@ async def rotate(
         cap = ctx.concurrency or DEFAULT_CONCURRENCY_CAP
         window = Window(cap, client.write_rate, latency)
         try:
-            summary = await run_items(todo, work, journal=journal, window=window,
-                                      progress=progress)
+            summary = await run_job_items(ctx, journal, todo, work, window=window,
+                                          progress=progress)
         finally:
             if progress is not None:
                 progress.finish()
