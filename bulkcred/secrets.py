@@ -291,15 +291,20 @@ def check_sink_path(path: str | os.PathLike[str]) -> None:
     if stat.S_ISLNK(st.st_mode):
         raise SecretSinkError(f"{p} is a symbolic link; give --secrets-out the real path of a"
                               " regular file")
+    _refuse_unsafe(p, st)
+
+
+def _refuse_unsafe(path: str, st: os.stat_result) -> None:
+    """A secrets file must be a regular file of ours that nobody else can read."""
     if not stat.S_ISREG(st.st_mode):
-        raise SecretSinkError(f"{p} is not a regular file; give --secrets-out a file path")
+        raise SecretSinkError(f"{path} is not a regular file; give --secrets-out a file path")
     if st.st_uid != os.geteuid():
-        raise SecretSinkError(f"{p} belongs to uid {st.st_uid}, not to you (uid "
+        raise SecretSinkError(f"{path} belongs to uid {st.st_uid}, not to you (uid "
                               f"{os.geteuid()}); choose a secrets file of your own")
     if st.st_mode & 0o077:
         raise SecretSinkError(
-            f"{p} has mode {stat.S_IMODE(st.st_mode):04o}, so other users may read the "
-            f"secrets in it; run `chmod 600 {p}` or choose a new path")
+            f"{path} has mode {stat.S_IMODE(st.st_mode):04o}, so other users may read the "
+            f"secrets in it; run `chmod 600 {path}` or choose a new path")
 
 
 def _open_sink(path: str) -> int:
@@ -327,17 +332,7 @@ def _open_sink(path: str) -> int:
     try:
         if created:
             os.fchmod(fd, 0o600)  # whatever the umask
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise SecretSinkError(f"{path} is not a regular file; give --secrets-out a file path")
-        if st.st_uid != os.geteuid():
-            raise SecretSinkError(f"{path} belongs to uid {st.st_uid}, not to you (uid "
-                                  f"{os.geteuid()}); choose a secrets file of your own")
-        if st.st_mode & 0o077:
-            raise SecretSinkError(
-                f"{path} has mode {stat.S_IMODE(st.st_mode):04o}, so other users may read the "
-                f"secrets in it; run `chmod 600 {path}` or choose a new path"
-            )
+        _refuse_unsafe(path, os.fstat(fd))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
