@@ -291,8 +291,8 @@ async def rotate(
             current = {c.id: c for c in plan.credentials}
             await journal.write_plan([(c.id, c.to_record()) for c in plan.credentials])
         else:
-            # a fresh listing: the PUT must carry the object as it stands now, not as it
-            # stood when the job was planned hours ago
+            # which planned credentials still exist, and where (each PUT still reads
+            # its credential first, see work())
             mts = await resolve_microtenants(client, opts.microtenant)
             current = {c.id: c async for c in scope_credentials(client, mts)
                        if c.id in journal.state.items}
@@ -320,7 +320,6 @@ async def rotate(
         async def secret_for(key: str, cred: Credential) -> CredentialSecret:
             if key in recorded:
                 return recorded[key]
-            t0 = time.monotonic()
             public_key = None
             if key in given:
                 secret = given[key]
@@ -332,7 +331,6 @@ async def rotate(
             learn(secret)
             await sink.append(sink_record(cred), secret, public_key=public_key)
             recorded[key] = secret
-            prep.add(time.monotonic() - t0)
             return secret
 
         def sink_record(cred: Credential) -> dict[str, Any]:
@@ -348,10 +346,9 @@ async def rotate(
             # the PUT replaces the whole object: read it as it stands now, so that a long
             # job never reverts what another admin changed since it was planned (a GET
             # from the read budget, which the writes do not use)
+            t0 = time.monotonic()
             try:
-                t0 = time.monotonic()
                 cred = await client.get_credential(key, microtenant_id=planned.scope)
-                prep.add(time.monotonic() - t0)
             except NotFound as exc:
                 return ItemResult("failed", http=exc.status, error_id=exc.error_id,
                                   reason="the credential no longer exists in this scope")
@@ -360,6 +357,9 @@ async def rotate(
                                   reason=f"its type changed to {cred.credential_type.value}"
                                          " since the job was planned")
             secret = await secret_for(key, cred)
+            # what an item costs besides its PUT (its GET, a key, the fsyncs) sizes the
+            # in-flight window with the PUT's own latency
+            prep.add(time.monotonic() - t0)
 
             async def before_send(attempt: int) -> None:
                 # every request, retries included, has its intent on disk first
