@@ -10,22 +10,26 @@ import io
 import re
 import time
 from collections import Counter
-from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Iterator, NamedTuple, Protocol, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
-import anyio
 import orjson
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from .. import __version__
-from ..client import MAX_PAGE_SIZE, ZPAClient
+from ..client import ZPAClient
 from ..errors import NotFound, PermissionDenied, UsageError
 from ..models import Credential, Microtenant, PolicyRule, normalize_name
-from .common import JobContext, list_scope, resolve_microtenants
+from .common import (  # re-exported: migrate and export read the tenant the same way
+    JobContext,
+    ReadProgress,
+    concurrently,
+    read_tenant,
+    resolve_microtenants,
+)
 
 __all__ = [
     "AGE_BUCKETS",
@@ -58,13 +62,8 @@ UNKNOWN_AGE = len(AGE_BUCKETS)  # the bucket of a credential without any timesta
 _BUCKET_LABELS = [label for label, _ in AGE_BUCKETS] + ["unknown"]
 #: microtenants walked at once: enough to hide each walk's first-page round trip, few
 #: enough that the pages in memory stay bounded however many microtenants there are
-DEFAULT_WALKS = 4
 DAY = 86400
 _LISTED = 5  # related ids named in a detail text
-
-
-class ReadProgress(Protocol):
-    def read(self, microtenant: Microtenant, credentials: int) -> None: ...
 
 
 # ---------------------------------------------------------------------------------------
@@ -89,59 +88,6 @@ def rule_scopes(everyone: Sequence[Microtenant], covered: Sequence[Microtenant]
     rule that injects it; a microtenant's own credential is seen by that one alone.
     """
     return list(everyone) if any(m.is_default for m in covered) else list(covered)
-
-
-async def read_tenant(
-    client: ZPAClient,
-    microtenants: Sequence[Microtenant],
-    consume: Callable[[Microtenant, Credential], None],
-    *,
-    walks: int = DEFAULT_WALKS,
-    progress: ReadProgress | None = None,
-) -> None:
-    """Hand every credential each microtenant owns to ``consume`` as its page arrives.
-
-    ``walks`` microtenants are listed at once (each reading its own pages concurrently,
-    500 a page, without the Default credentials it inherits); the limiter paces them
-    all. ``consume`` runs on the event loop between awaits, so it needs no lock.
-    """
-    gate = anyio.CapacityLimiter(max(1, walks))
-
-    def walk(mt: Microtenant) -> Callable[[], Awaitable[None]]:
-        async def run() -> None:
-            async with gate:
-                unreported = 0
-                async with aclosing(list_scope(client, mt)) as creds:
-                    async for cred in creds:
-                        consume(mt, cred)
-                        unreported += 1
-                        if progress is not None and unreported == MAX_PAGE_SIZE:
-                            progress.read(mt, unreported)
-                            unreported = 0
-                if progress is not None:
-                    progress.read(mt, unreported)
-        return run
-
-    await concurrently(*(walk(mt) for mt in microtenants))
-
-
-async def concurrently(*jobs: Callable[[], Awaitable[None]]) -> None:
-    """Run ``jobs`` at once; the first failure cancels the others and is raised as
-    itself, not inside an ExceptionGroup, so the CLI maps it to its exit code."""
-    errors: list[Exception] = []
-
-    async def run(job: Callable[[], Awaitable[None]]) -> None:
-        try:
-            await job()
-        except Exception as exc:  # noqa: BLE001 - re-raised below, outside the group
-            errors.append(exc)
-            tg.cancel_scope.cancel()
-
-    async with anyio.create_task_group() as tg:
-        for job in jobs:
-            tg.start_soon(run, job)
-    if errors:
-        raise errors[0]
 
 
 async def read_policy_references(

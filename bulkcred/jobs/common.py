@@ -5,15 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Protocol
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Protocol, Sequence
 
-from ..client import ZPAClient
+import anyio
+
+from ..client import MAX_PAGE_SIZE, ZPAClient
 from ..errors import BadRequest, NotFound, PermissionDenied, UsageError, WaitTooLong
-from ..journal import Journal
+from ..journal import Journal, JournalState, replay, verify_header
 from ..limiter import request_class
-from ..journal import JournalState, replay, verify_header
 from ..models import DEFAULT_MICROTENANT, Credential, Microtenant, normalize_microtenant_id
 from ..runner import ItemResult, JobStopped, Progress, RunSummary, Window, run_items
 
@@ -28,7 +30,10 @@ __all__ = [
     "run_job_items",
     "list_scope",
     "resolve_microtenants",
-    "scope_credentials",
+    "ReadProgress",
+    "concurrently",
+    "read_tenant",
+    "tenant_credentials",
 ]
 
 
@@ -152,16 +157,80 @@ async def list_scope(client: ZPAClient, microtenant: Microtenant) -> AsyncIterat
                     yield cred
 
 
-async def scope_credentials(
-    client: ZPAClient, microtenants: list[Microtenant]
-) -> AsyncIterator[Credential]:
-    """Every credential owned by the given microtenants, each exactly once."""
-    seen: set[str] = set()
-    for mt in microtenants:
-        async for cred in list_scope(client, mt):
-            if cred.id not in seen:
-                seen.add(cred.id)
-                yield cred
+#: microtenants listed at once when a job reads the tenant
+DEFAULT_WALKS = 4
+
+
+class ReadProgress(Protocol):
+    def read(self, microtenant: Microtenant, credentials: int) -> None: ...
+
+
+async def read_tenant(
+    client: ZPAClient,
+    microtenants: Sequence[Microtenant],
+    consume: Callable[[Microtenant, Credential], None],
+    *,
+    walks: int = DEFAULT_WALKS,
+    progress: ReadProgress | None = None,
+) -> None:
+    """Hand every credential each microtenant owns to ``consume`` as its page arrives.
+
+    ``walks`` microtenants are listed at once (each reading its own pages concurrently,
+    500 a page, without the Default credentials it inherits); the limiter paces them
+    all. ``consume`` runs on the event loop between awaits, so it needs no lock.
+    """
+    gate = anyio.CapacityLimiter(max(1, walks))
+
+    def walk(mt: Microtenant) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            async with gate:
+                unreported = 0
+                async with aclosing(list_scope(client, mt)) as creds:
+                    async for cred in creds:
+                        consume(mt, cred)
+                        unreported += 1
+                        if progress is not None and unreported == MAX_PAGE_SIZE:
+                            progress.read(mt, unreported)
+                            unreported = 0
+                if progress is not None:
+                    progress.read(mt, unreported)
+        return run
+
+    await concurrently(*(walk(mt) for mt in microtenants))
+
+
+async def concurrently(*jobs: Callable[[], Awaitable[None]]) -> None:
+    """Run ``jobs`` at once; the first failure cancels the others and is raised as
+    itself, not inside an ExceptionGroup, so the CLI maps it to its exit code."""
+    errors: list[Exception] = []
+
+    async def run(job: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await job()
+        except Exception as exc:  # noqa: BLE001 - re-raised below, outside the group
+            errors.append(exc)
+            tg.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        for job in jobs:
+            tg.start_soon(run, job)
+    if errors:
+        raise errors[0]
+
+
+async def tenant_credentials(
+    client: ZPAClient, microtenants: Sequence[Microtenant],
+    keep: Callable[[Credential], bool] = lambda _: True,
+) -> dict[str, Credential]:
+    """Every credential the given microtenants own (that ``keep`` keeps), by id."""
+    out: dict[str, Credential] = {}
+
+    def consume(_: Microtenant, cred: Credential) -> None:
+        if keep(cred):
+            out[cred.id] = cred
+
+    await read_tenant(client, microtenants, consume)
+    return out
 
 
 async def run_job_items(

@@ -44,7 +44,7 @@ from .common import (
     JobProgressSink,
     journal_has_records,
     resolve_microtenants,
-    scope_credentials,
+    tenant_credentials,
 )
 from .select import Selection
 
@@ -182,13 +182,11 @@ async def plan_rotation(ctx: JobContext, opts: RotateOptions) -> RotatePlan:
     """List the scope (500 a page), apply the selection, read --from-file."""
     mts = await resolve_microtenants(ctx.client, opts.microtenant)
     want_ids = opts.selection.ids
-    creds = [
-        c
-        async for c in scope_credentials(ctx.client, mts)
-        if (want_ids is None or c.id in want_ids) and opts.selection.matches(c)
-    ]
+    listed = await tenant_credentials(
+        ctx.client, mts, keep=lambda c: want_ids is None or c.id in want_ids)
+    creds = [c for c in listed.values() if opts.selection.matches(c)]
     if want_ids is not None:
-        missing = sorted(want_ids - {c.id for c in creds}, key=lambda i: int(i))
+        missing = sorted(want_ids - listed.keys(), key=lambda i: int(i))
         if missing:
             shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more"
                                                if len(missing) > 10 else "")
@@ -294,8 +292,8 @@ async def rotate(
             # which planned credentials still exist, and where (each PUT still reads
             # its credential first, see work())
             mts = await resolve_microtenants(client, opts.microtenant)
-            current = {c.id: c async for c in scope_credentials(client, mts)
-                       if c.id in journal.state.items}
+            current = await tenant_credentials(client, mts,
+                                               keep=lambda c: c.id in journal.state.items)
             if opts.from_file is not None:
                 given = _read_from_file(opts.from_file, list(current.values()))
 
@@ -430,7 +428,7 @@ async def _verify(
     if not to_check:
         return []
     mts = await resolve_microtenants(ctx.client, opts.microtenant)
-    after = {c.id: c async for c in scope_credentials(ctx.client, mts) if c.id in state.items}
+    after = await tenant_credentials(ctx.client, mts, keep=lambda c: c.id in state.items)
     ok: list[str] = []
     bad: list[str] = []
     for key in to_check:
