@@ -6,9 +6,11 @@ a margin), sends evenly spaced, and a server-ordered pause that holds back every
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import time
+import weakref
 from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -119,7 +121,10 @@ class Limiter:
     ``min_margin`` seconds). ``clock`` and ``sleep`` default to the event loop's.
     """
 
-    _registry: ClassVar[dict[tuple[str, str], Limiter]] = {}
+    # weak: a tenant's limiter lives while a client paces by it; a limiter nobody uses
+    # any more does not pin that base URL's rates for the rest of the process
+    _registry: ClassVar[weakref.WeakValueDictionary[tuple[str, str], Limiter]] = (
+        weakref.WeakValueDictionary())
 
     def __init__(
         self,
@@ -151,10 +156,16 @@ class Limiter:
     ) -> Limiter:
         """The process-wide limiter of a tenant, so clients on one tenant share its limit.
 
-        Asking again with other rates is a usage error: one tenant has one limit.
+        Asking again with other rates while it is in use is a usage error: one tenant
+        has one limit.
         """
         key = (base_url.strip().rstrip("/").lower(), str(customer_id).strip())
         limiter = cls._registry.get(key)
+        if limiter is not None and (limiter.rate("read"), limiter.rate("write")) != (read, write):
+            # a closed client caught in a reference cycle may still hold the old one
+            del limiter
+            gc.collect()
+            limiter = cls._registry.get(key)
         if limiter is None:
             limiter = cls._registry[key] = cls(read, write)
         elif (limiter.rate("read"), limiter.rate("write")) != (read, write):

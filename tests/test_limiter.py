@@ -293,3 +293,15 @@ def test_virtual_loop_moves_only_on_timers() -> None:
     t0, t1 = run_virtual(main)
     assert t1 - t0 == pytest.approx(3600)
     assert not math.isinf(t1)
+
+
+def test_registry_forgets_a_tenant_no_client_uses() -> None:
+    """A limiter nobody holds any more does not pin its base URL's rates (a new server
+    on a reused port, or a job rerun at another rate in the same process)."""
+    first = Limiter.for_tenant("http://127.0.0.1:9", "1", read=Rate(5, 1), write=Rate(2, 1))
+    assert first.rate("write") == Rate(2, 1)
+    del first
+    again = Limiter.for_tenant("http://127.0.0.1:9", "1", read=Rate(9, 1), write=Rate(3, 1))
+    assert again.rate("write") == Rate(3, 1)
+    with pytest.raises(UsageError):
+        Limiter.for_tenant("http://127.0.0.1:9", "1", read=Rate(5, 1), write=Rate(2, 1))
