@@ -1054,7 +1054,10 @@ def report(journal: Path, fmt: str, output: Path | None) -> int:
 @click.option("--read-rate", default="20/10s", show_default=True, metavar="N/Ts", help="GET limit (ZPA's is 20/10s).")
 @click.option("--write-rate", default="10/10s", show_default=True, metavar="N/Ts", help="POST/PUT/DELETE limit (ZPA's is 10/10s).")
 @click.option("--token-ttl", default=3600.0, type=float, show_default=True, metavar="S", help="Token lifetime in seconds.")
-@click.option("--faults", default="", metavar="SPEC", help="e.g. 5xx=0.05,latency=20ms,409=0.02,lost=0.01,seed=1")
+@click.option("--faults", default="", metavar="SPEC",
+              help="Comma-separated, seeded: 5xx=F, 409=F, reset=F, lost=F (fractions of API"
+                   " requests), latency=20ms or 10ms-50ms, retry_after=S, throttle_burst=N[@K],"
+                   " totalcount=0|omit, escape=1, seed=N.")
 @click.option("--state", type=WRITABLE_FILE, help="Load/save the tenant here.")
 @click.option("--limit-mode", type=click.Choice(["sliding", "fixed"]), default="sliding", show_default=True,
               help="sliding: no more than N in any window (strict); fixed: ZPA's window opened by the first call.")
