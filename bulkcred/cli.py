@@ -32,7 +32,7 @@ from .errors import (
 )
 from .models import Secret, normalize_microtenant_id
 from .runner import JobStopped
-from .secrets import Redactor, RedactingFilter
+from .secrets import RedactingFilter, Redactor
 from .text import plural
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -469,7 +469,8 @@ def rotate(journal: Path, secrets_out: Path, select: tuple[str, ...], microtenan
 
 async def _rotate_main(connection: Connection, opts: Any, *, dry_run: bool, yes: bool,
                        redactor: Redactor) -> int:
-    from .jobs.rotate import job_header, plan_rotation, rotate as rotate_job
+    from .jobs.rotate import job_header, plan_rotation
+    from .jobs.rotate import rotate as rotate_job
 
     async with connection.client() as client:
         ctx = _context(connection, client)
@@ -589,7 +590,8 @@ def migrate(target: str, source: str | None, journal: Path, select: tuple[str, .
 
 
 async def _migrate_main(connection: Connection, opts: Any, *, dry_run: bool, yes: bool) -> int:
-    from .jobs.migrate import job_header, migrate as migrate_job, plan_migration
+    from .jobs.migrate import job_header, plan_migration
+    from .jobs.migrate import migrate as migrate_job
 
     async with connection.client() as client:
         ctx = _context(connection, client)
@@ -761,7 +763,8 @@ async def _audit_main(connection: Connection, opts: Any, *, fmt: str,
 
     from rich.console import Console
 
-    from .jobs.audit import audit as audit_job, render_csv, render_json, table_view
+    from .jobs.audit import audit as audit_job
+    from .jobs.audit import render_csv, render_json, table_view
     from .jobs.audit_html import render_html
     from .progress import ReadProgress
 

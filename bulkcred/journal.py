@@ -21,6 +21,8 @@ import orjson
 
 from . import __version__
 from .errors import JournalCorrupt, JournalError, JournalLocked, JournalMismatch
+from .fsio import fsync_dir as _fsync_dir
+from .fsio import write_all as _write_all
 from .secrets import SECRET_FIELDS
 
 __all__ = [
@@ -306,21 +308,6 @@ def _lock_holder(fd: int) -> int | None:
     except (OSError, ValueError):
         pass
     return None
-
-
-def _fsync_dir(path: str) -> None:
-    """Make a new file's directory entry durable, not only its contents."""
-    dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 Forbidden = Callable[[bytes], bool] | Collection[str]

@@ -34,6 +34,8 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from .errors import SecretSinkError
+from .fsio import fsync_dir
+from .fsio import write_all as _write_all  # a module name tests can fault
 from .models import CredentialSecret, Secret
 
 __all__ = [
@@ -270,12 +272,6 @@ def read_sink(path: str | os.PathLike[str]) -> dict[str, CredentialSecret]:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 def check_sink_path(path: str | os.PathLike[str]) -> None:
     """The checks :meth:`SecretSink.open` makes, without creating or locking anything:
     so a job can refuse a bad ``--secrets-out`` before it signs in or reads the tenant."""
@@ -342,11 +338,7 @@ def _open_sink(path: str) -> int:
             raise SecretSinkError(f"{path}: cannot lock the secrets file ({exc.strerror}); "
                                   "put it on a local file system") from None
         if created:
-            dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(dfd)  # the new file's name must survive a crash like its lines
-            finally:
-                os.close(dfd)
+            fsync_dir(path)  # the new file's name must survive a crash like its lines
         else:
             _repair_tail(fd, path)
         return fd
@@ -422,21 +414,8 @@ class SecretSink:
         if public_key is not None:
             line["publicKey"] = public_key
         line["rotatedAt"] = _utc_now()
-        data = orjson.dumps(line) + b"\n"
-        async with self._lock:
-            if self._fd is None:
-                raise SecretSinkError(f"{self.path}: the secrets file is closed")
-            if self._failed is not None:
-                raise SecretSinkError(f"{self.path}: the secrets file stopped accepting "
-                                      f"secrets after a write failed ({self._failed})")
-            try:
-                await anyio.to_thread.run_sync(_append_line, self._fd, data)
-            except OSError as exc:
-                self._failed = exc.strerror or str(exc)
-                raise SecretSinkError(f"{self.path}: cannot write the secrets file: "
-                                      f"{self._failed}; the credential whose secret it was"
-                                      " could not be recorded was not changed in ZPA"
-                                      ) from None
+        await self._write(line, "; the credential whose secret it was could not be recorded"
+                                " was not changed in ZPA")
 
     async def void(self, record: Mapping[str, Any], reason: str) -> None:
         """Withdraw the secrets this job recorded for ``record``'s id: ZPA refused them.
@@ -452,16 +431,23 @@ class SecretSink:
             "reason": reason,
             "rotatedAt": _utc_now(),
         }
+        await self._write(line)
+
+    async def _write(self, line: Mapping[str, Any], consequence: str = "") -> None:
+        """Append one line and fsync it (in a worker thread), or raise SecretSinkError."""
         data = orjson.dumps(line) + b"\n"
         async with self._lock:
             if self._fd is None:
                 raise SecretSinkError(f"{self.path}: the secrets file is closed")
+            if self._failed is not None:
+                raise SecretSinkError(f"{self.path}: the secrets file stopped accepting "
+                                      f"secrets after a write failed ({self._failed})")
             try:
                 await anyio.to_thread.run_sync(_append_line, self._fd, data)
             except OSError as exc:
                 self._failed = exc.strerror or str(exc)
                 raise SecretSinkError(f"{self.path}: cannot write the secrets file: "
-                                      f"{self._failed}") from None
+                                      f"{self._failed}{consequence}") from None
 
     def last_secrets(self) -> dict[str, CredentialSecret]:
         """Each id's last recorded secret, read back from the file (for a resume)."""

@@ -45,12 +45,12 @@ from ..secrets import MASK, Redactor, validate_private_key
 from ..text import plural
 from .common import (
     JobContext,
-    run_job_items,
-    distinct_files,
     JobProgressSink,
+    distinct_files,
     journal_has_records,
     list_scope,
     resolve_microtenants,
+    run_job_items,
 )
 
 __all__ = [

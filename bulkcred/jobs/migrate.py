@@ -25,10 +25,17 @@ from ..runner import (
     result_for_error,
 )
 from .audit import pick_microtenant, read_policy_references, read_tenant, rule_scopes
-from .common import JobContext, run_job_items, distinct_files, JobProgressSink, journal_has_records, resolve_microtenants
+from .common import (
+    JobContext,
+    JobProgressSink,
+    distinct_files,
+    journal_has_records,
+    resolve_microtenants,
+    run_job_items,
+)
 from .select import Selection
 
-__all__ = ["MigrateOptions", "MigratePlan", "MigrateResult", "NameClash", "migrate",
+__all__ = ["MigrateOptions", "MigratePlan", "MigrateResult", "NameClash", "job_header", "migrate",
            "plan_migration"]
 
 KIND = "migrate"

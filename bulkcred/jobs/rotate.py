@@ -39,16 +39,16 @@ from ..secrets import (
 )
 from .common import (
     JobContext,
-    run_job_items,
-    distinct_files,
     JobProgressSink,
+    distinct_files,
     journal_has_records,
     resolve_microtenants,
+    run_job_items,
     tenant_credentials,
 )
 from .select import Selection
 
-__all__ = ["RotateOptions", "RotatePlan", "RotateResult", "plan_rotation", "rotate"]
+__all__ = ["RotateOptions", "RotatePlan", "RotateResult", "job_header", "plan_rotation", "rotate"]
 
 KIND = "rotate"
 _GUARD_MIN = 8

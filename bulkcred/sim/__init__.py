@@ -42,9 +42,9 @@ consecutive API requests from the K-th, K seeded in 1..10 when absent), ``seed=N
 F is a fraction of API requests; reset + 5xx + 409 <= 1.
 """
 
+from .app import create_app
 from .config import SimConfig
 from .faults import FaultConfig, parse_faults
-from .app import create_app
 from .server import SimServer, serve
 
 __all__ = ["FaultConfig", "SimConfig", "SimServer", "create_app", "parse_faults", "serve"]
